@@ -1,0 +1,274 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// File names inside the directory given to LoadOrCreate.
+const (
+	certName = "ca.crt"
+	keyName  = "ca.key"
+)
+
+// Causes of LoadFiles errors, for errors.Is in tests.
+var (
+	errNoPEM       = errors.New("no PEM block found")
+	errNotCA       = errors.New("not a CA certificate")
+	errKeyMismatch = errors.New("private key does not match certificate")
+	errExpired     = errors.New("certificate expired")
+)
+
+// LoadOrCreate loads dir/ca.crt and dir/ca.key, or generates them on first
+// start: ECDSA P-256, self-signed, valid for 10 years. dir is created 0700,
+// the key written 0600 and the certificate 0644, each atomically. A later
+// call reuses the same files.
+func LoadOrCreate(dir string, opts Options) (*CA, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile := filepath.Join(dir, certName), filepath.Join(dir, keyName)
+	// The certificate is written last, so its presence marks a complete
+	// pair. A key left alone by a crash was never trusted by any client (they
+	// install the certificate), so generating over it loses nothing.
+	switch _, err := os.Stat(certFile); {
+	case err == nil:
+		return load(certFile, keyFile, opts)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if err := generate(certFile, keyFile, opts.Now()); err != nil {
+		return nil, err
+	}
+	return load(certFile, keyFile, opts)
+}
+
+// LoadFiles loads a CA certificate and its private key from PEM files. The
+// key may be PKCS#1, PKCS#8 or SEC1, and RSA, ECDSA or Ed25519. The
+// certificate must be a CA, match the key, and be valid now.
+func LoadFiles(certFile, keyFile string, opts Options) (*CA, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return load(certFile, keyFile, opts)
+}
+
+// load reads, checks and wraps a CA pair; opts must already hold defaults.
+func load(certFile, keyFile string, opts Options) (*CA, error) {
+	cert, err := readCert(certFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCA(cert, opts.Now()); err != nil {
+		return nil, fmt.Errorf("ca: %s: %w", certFile, err)
+	}
+	signer, err := readKey(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(signer.Public()) {
+		return nil, fmt.Errorf("ca: %s: %w %s", keyFile, errKeyMismatch, certFile)
+	}
+	return newCA(cert, signer, opts)
+}
+
+// readCert parses the first CERTIFICATE block of a PEM file.
+func readCert(file string) (*x509.Certificate, error) {
+	block, err := readPEM(file, func(typ string) bool { return typ == "CERTIFICATE" })
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %s: %w", file, err)
+	}
+	return cert, nil
+}
+
+// readKey parses the first private key block of a PEM file. Like
+// tls.X509KeyPair it tries every encoding, because PEM labels are often wrong.
+func readKey(file string) (crypto.Signer, error) {
+	// The suffix matches "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY",
+	// and skips the "EC PARAMETERS" block openssl writes before SEC1 keys.
+	block, err := readPEM(file, func(typ string) bool { return strings.HasSuffix(typ, "PRIVATE KEY") })
+	if err != nil {
+		return nil, err
+	}
+	if block.Type == "ENCRYPTED PRIVATE KEY" {
+		return nil, fmt.Errorf("ca: %s: encrypted private keys are not supported", file)
+	}
+	key, err := parseKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %s: %w", file, err)
+	}
+	return key, nil
+}
+
+// parseKey decodes a DER private key in PKCS#8, PKCS#1 or SEC1 form.
+func parseKey(der []byte) (crypto.Signer, error) {
+	var key any
+	var err error
+	if key, err = x509.ParsePKCS8PrivateKey(der); err != nil {
+		if key, err = x509.ParsePKCS1PrivateKey(der); err != nil {
+			if key, err = x509.ParseECPrivateKey(der); err != nil {
+				return nil, errors.New("unsupported private key (want PKCS#1, PKCS#8 or SEC1)")
+			}
+		}
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey, *ecdsa.PrivateKey, ed25519.PrivateKey:
+		return k.(crypto.Signer), nil
+	default:
+		return nil, fmt.Errorf("unsupported private key type %T (want RSA, ECDSA or Ed25519)", key)
+	}
+}
+
+// readPEM returns the first block of file whose type is wanted.
+func readPEM(file string, want func(typ string) bool) (*pem.Block, error) {
+	rest, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, fmt.Errorf("ca: %s: %w", file, errNoPEM)
+		}
+		if want(block.Type) {
+			return block, nil
+		}
+	}
+}
+
+// checkCA rejects a certificate that cannot sign leaves now.
+func checkCA(cert *x509.Certificate, now time.Time) error {
+	switch {
+	case !cert.BasicConstraintsValid || !cert.IsCA:
+		return fmt.Errorf("%w (basic constraints do not say CA)", errNotCA)
+	// RFC 5280 §4.2.1.3: an absent key usage allows everything; a present
+	// one must include keyCertSign for the key to sign certificates.
+	case cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0:
+		return fmt.Errorf("%w (key usage lacks certificate signing)", errNotCA)
+	case !now.Before(cert.NotAfter):
+		return fmt.Errorf("%w at %s", errExpired, cert.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(cert.NotBefore):
+		return fmt.Errorf("certificate not valid until %s", cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// generate creates a fresh self-signed CA and writes it to certFile and
+// keyFile, the key first (see LoadOrCreate).
+func generate(certFile, keyFile string, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("ca: generate key: %w", err)
+	}
+	tmpl, err := caTemplate(now)
+	if err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return fmt.Errorf("ca: self-sign: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("ca: marshal key: %w", err)
+	}
+	if err := writeAtomic(keyFile, pemBytes("PRIVATE KEY", keyDER), 0o600); err != nil {
+		return err
+	}
+	return writeAtomic(certFile, pemBytes("CERTIFICATE", der), 0o644)
+}
+
+// caTemplate describes regproxy's own CA. MaxPathLen 0 means the key can
+// sign leaves but no intermediate CA, which bounds the damage of a leak.
+func caTemplate(now time.Time) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	return &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: caName(), Organization: []string{"regproxy"}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              now.AddDate(10, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            0,
+		MaxPathLenZero:        true,
+	}, nil
+}
+
+// caName names the CA after the machine, so a user who trusts CAs from
+// several regproxy hosts can tell them apart in a trust store.
+func caName() string {
+	name := "regproxy CA"
+	if host, err := os.Hostname(); err == nil && host != "" {
+		name += " (" + host + ")"
+	}
+	// RFC 5280 appendix A: ub-common-name is 64 characters.
+	if len(name) > 64 {
+		name = name[:64]
+	}
+	return name
+}
+
+// pemBytes encodes one PEM block.
+func pemBytes(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// writeAtomic writes data to a temporary file in the target's directory and
+// renames it into place, so a reader never sees a partial file and the key
+// is never readable by others, even for a moment (CreateTemp uses 0600).
+func writeAtomic(path string, data []byte, perm fs.FileMode) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			err = fmt.Errorf("ca: write %s: %w", path, err)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	// Chmod is not subject to the umask, so the mode is exactly perm.
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

@@ -1,0 +1,258 @@
+package cachestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	// go-digest verifies sha384 and sha512 digests through crypto.Hash,
+	// which only knows the algorithms whose packages are linked in.
+	_ "crypto/sha512"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/peterbourgon/diskv/v3"
+)
+
+// spoolName is the directory under the root that holds uncommitted files.
+// Keys whose first component is spoolName are refused, because their entries
+// would land among the spool files and be swept away by NewDisk.
+const spoolName = "tmp"
+
+// Disk is a Store on the local filesystem. An entry with key
+// "blobs/sha256/abcd…" lives at root/blobs/sha256/ab/abcd…: every key
+// component but the last is a directory, and the last is fanned out by its
+// first two characters so that no directory holds millions of files.
+// Uncommitted files live in root/tmp, which is on the same filesystem so
+// that committing is a rename.
+//
+// Disk also implements FileImporter and Deleter. Keys under "tmp/" are
+// reserved and refused with ErrInvalidKey. One Disk should own a root: a
+// second one would sweep the first one's uncommitted files.
+type Disk struct {
+	root  string // absolute and clean
+	spool string // root/tmp
+	// dv does only the final step of a commit (mkdir, rename) and Delete,
+	// under its store-wide lock so that a Delete pruning empty directories
+	// never races a commit creating them. Data never flows through it:
+	// its WriteStream holds that lock for a whole copy, and its ReadStream
+	// leaks the file of a reader that stops before EOF.
+	dv *diskv.Diskv
+}
+
+var (
+	_ Store        = (*Disk)(nil)
+	_ FileImporter = (*Disk)(nil)
+	_ Deleter      = (*Disk)(nil)
+)
+
+// NewDisk opens (creating if needed) a disk store rooted at root. Files left
+// in root/tmp by an earlier process were never committed, so they are removed.
+func NewDisk(root string) (*Disk, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("cachestore: disk root %q: %w", root, err)
+	}
+	spool := filepath.Join(abs, spoolName)
+	if err := os.MkdirAll(spool, 0o755); err != nil {
+		return nil, fmt.Errorf("cachestore: create disk root: %w", err)
+	}
+	if err := sweep(spool); err != nil {
+		return nil, err
+	}
+	dv := diskv.New(diskv.Options{
+		BasePath:          abs,
+		TempDir:           spool,
+		AdvancedTransform: toPathKey,
+		InverseTransform:  fromPathKey,
+		CacheSizeMax:      0, // the OS page cache already keeps hot files
+		PathPerm:          0o755,
+		FilePerm:          0o644,
+	})
+	return &Disk{root: abs, spool: spool, dv: dv}, nil
+}
+
+// sweep removes everything in dir.
+func sweep(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("cachestore: sweep spool: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("cachestore: sweep spool: %w", err)
+	}
+	return nil
+}
+
+// layout splits a valid key into the directories and file name of its entry:
+// all components but the last, then the last one's first two characters
+// (fewer if it is shorter), then the last component as the file name.
+func layout(key string) (dirs []string, name string) {
+	parts := strings.Split(key, "/")
+	name = parts[len(parts)-1]
+	fan := name[:min(2, len(name))]
+	return append(parts[:len(parts)-1:len(parts)-1], fan), name
+}
+
+// toPathKey is layout as a diskv AdvancedTransform.
+func toPathKey(key string) *diskv.PathKey {
+	dirs, name := layout(key)
+	return &diskv.PathKey{Path: dirs, FileName: name}
+}
+
+// fromPathKey inverts toPathKey by dropping the fan-out directory.
+func fromPathKey(pk *diskv.PathKey) string {
+	if len(pk.Path) == 0 {
+		return pk.FileName
+	}
+	dirs := pk.Path[: len(pk.Path)-1 : len(pk.Path)-1]
+	return strings.Join(append(dirs, pk.FileName), "/")
+}
+
+// path returns the file of key's entry, or ErrInvalidKey. It touches no
+// file, so every method calls it before anything else.
+func (d *Disk) path(key string) (string, error) {
+	if !ValidKey(key) || strings.HasPrefix(key, spoolName+"/") {
+		return "", fmt.Errorf("%w: %q", ErrInvalidKey, key)
+	}
+	dirs, name := layout(key)
+	rel := filepath.Join(filepath.Join(dirs...), name)
+	// ValidKey already rules out "..", absolute and empty components; this
+	// second check keeps a future change to the grammar from letting a key
+	// escape the root or reach into the spool.
+	if !filepath.IsLocal(rel) || strings.HasPrefix(rel, spoolName+string(filepath.Separator)) {
+		return "", fmt.Errorf("%w: %q", ErrInvalidKey, key)
+	}
+	return filepath.Join(d.root, rel), nil
+}
+
+// isNotFound reports whether err means that no file is at a path, including
+// the case where a component of the path is a file (ENOTDIR).
+func isNotFound(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// statErr turns a failed stat or open of key's file into the store's error.
+func statErr(op, key string, err error) error {
+	if isNotFound(err) {
+		return fmt.Errorf("cachestore: %s %s: %w", op, key, ErrNotFound)
+	}
+	return fmt.Errorf("cachestore: %s %s: %w", op, key, err)
+}
+
+// Stat implements Store. Local metadata calls are short, so ctx is not
+// consulted.
+func (d *Disk) Stat(_ context.Context, key string) (Info, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return Info{}, err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return Info{}, statErr("stat", key, err)
+	}
+	// A directory at p exists only because of longer keys, not an entry.
+	if !fi.Mode().IsRegular() {
+		return Info{}, statErr("stat", key, fs.ErrNotExist)
+	}
+	return Info{Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// fileReader is a committed entry opened directly, so that Seek and ReadAt
+// are system calls rather than copies.
+type fileReader struct {
+	*os.File
+	size int64
+}
+
+// Size implements Reader with the size the file had when opened. Entries are
+// replaced by rename, never rewritten, so it cannot change under the reader.
+func (r fileReader) Size() int64 { return r.size }
+
+// Open implements Store.
+func (d *Disk) Open(_ context.Context, key string) (Reader, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, statErr("open", key, err)
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fs.ErrNotExist
+	}
+	if err != nil {
+		f.Close()
+		return nil, statErr("open", key, err)
+	}
+	return fileReader{File: f, size: fi.Size()}, nil
+}
+
+// SpoolDir implements FileImporter.
+func (d *Disk) SpoolDir() string { return d.spool }
+
+// ImportFile implements FileImporter. A file of the wrong size is refused
+// with an error wrapping ErrDigestMismatch and left where it is.
+func (d *Disk) ImportFile(ctx context.Context, key, path string, size int64, dg digest.Digest) error {
+	if _, err := d.path(key); err != nil {
+		return err
+	}
+	if err := dg.Validate(); err != nil {
+		return fmt.Errorf("cachestore: import %s: %w", key, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("cachestore: import %s: %w", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("cachestore: import %s: %s is not a regular file", key, path)
+	}
+	if fi.Size() != size {
+		return fmt.Errorf("cachestore: import %s: %s has %d bytes, want %d: %w",
+			key, path, fi.Size(), size, ErrDigestMismatch)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("cachestore: import %s: %w", key, err)
+	}
+	return d.install(key, path)
+}
+
+// install moves the file at src to key's place. diskv renames under its
+// lock, so a reader sees the old entry or the new one, never a partial file.
+func (d *Disk) install(key, src string) error {
+	if err := d.dv.Import(src, key, true); err != nil {
+		return fmt.Errorf("cachestore: commit %s: %w", key, err)
+	}
+	return nil
+}
+
+// Delete implements Deleter. Readers that already opened the entry keep
+// reading it.
+func (d *Disk) Delete(_ context.Context, key string) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return statErr("delete", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return statErr("delete", key, fs.ErrNotExist)
+	}
+	// Erase also prunes the directories the entry leaves empty.
+	if err := d.dv.Erase(key); err != nil {
+		return statErr("delete", key, err)
+	}
+	return nil
+}

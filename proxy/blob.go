@@ -1,0 +1,179 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/fill"
+)
+
+// maxJoinAttempts bounds how often a request re-joins after the fills it
+// waited on were abandoned (their leaders got an error status upstream).
+const maxJoinAttempts = 3
+
+// serveBlob answers GET and HEAD of a blob: from the store on a hit, else
+// by joining (or starting) the one fill for that digest.
+func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
+	if p.serveBlobHit(w, r, rp) {
+		return nil
+	}
+	if r.Method == http.MethodHead {
+		return p.headBlobMiss(w, r, rp)
+	}
+	return p.fillBlob(w, r, rp)
+}
+
+// serveBlobHit serves a committed blob straight from its file: Range,
+// HEAD and conditional requests come from http.ServeContent.
+func (p *Proxy) serveBlobHit(w http.ResponseWriter, r *http.Request, rp regPath) bool {
+	f, err := p.store.Open(r.Context(), cachestore.BlobKey(rp.Digest))
+	if err != nil {
+		if !errors.Is(err, cachestore.ErrNotFound) {
+			p.log.Warn("cache read failed; fetching upstream", "digest", rp.Digest, "err", err)
+		}
+		return false
+	}
+	defer f.Close()
+	setOutcome(r, outcomeHit)
+	setBlobHeaders(w.Header(), rp.Digest)
+	http.ServeContent(w, r, "", time.Time{}, f)
+	return true
+}
+
+// setBlobHeaders sets what a registry sends with a blob, so that a hit
+// looks to the client like the upstream response it replaces.
+func setBlobHeaders(h http.Header, d digest.Digest) {
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+}
+
+// headBlobMiss answers a HEAD from a fill in progress, which already
+// knows the size, else passes it upstream.
+func (p *Proxy) headBlobMiss(w http.ResponseWriter, r *http.Request, rp regPath) error {
+	if f := p.fills.Lookup(rp.Digest); f != nil && f.Wait(r.Context()) == nil && f.Size() >= 0 {
+		setOutcome(r, outcomeJoin)
+		setBlobHeaders(w.Header(), rp.Digest)
+		w.Header().Set("Content-Length", fmt.Sprint(f.Size()))
+		w.Header().Set("Accept-Ranges", "bytes")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	setOutcome(r, outcomePass)
+	p.pass.ServeHTTP(w, r)
+	return nil
+}
+
+// fillBlob serves a blob miss from the fill for its digest, starting the
+// fill if there is none.
+func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
+	for range maxJoinAttempts {
+		f, leader, err := p.fills.Join(r.Context(), rp.Digest)
+		if err != nil {
+			return errUpstream(targetOf(r), err)
+		}
+		if leader {
+			if handled, err := p.startFill(w, r, f); handled {
+				return err
+			}
+		}
+		rd, err := f.NewReader(r.Context())
+		if errors.Is(err, fill.ErrAbandoned) {
+			continue
+		}
+		if err != nil {
+			return nil // the client went away while waiting
+		}
+		if !leader {
+			setOutcome(r, outcomeJoin)
+		}
+		streamFill(w, r, f, rd)
+		return nil
+	}
+	return errUpstream(targetOf(r), errors.New("every fill for this blob was abandoned"))
+}
+
+// startFill makes the leader's upstream request under the fill's own
+// context. A 200 starts the fill; anything else is relayed to this client
+// (a 401 with its challenge, a 404) and the fill is abandoned, so that
+// waiting requests ask upstream with their own credentials.
+func (p *Proxy) startFill(w http.ResponseWriter, r *http.Request, f *fill.Fill) (handled bool, err error) {
+	target := targetOf(r)
+	resp, err := p.fetch.Do(upstreamRequest(f.Context(), r, target, http.MethodGet))
+	if err != nil {
+		f.Abandon()
+		return true, errUpstream(target, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		f.Abandon()
+		defer resp.Body.Close()
+		setOutcome(r, outcomePass)
+		copyResponse(w, resp)
+		return true, nil
+	}
+	f.Start(fill.Body{Reader: resp.Body, Size: resp.ContentLength, Resume: p.resumer(r, target)})
+	return false, nil
+}
+
+// resumer reopens a cut blob download at an offset with a Range request,
+// through the same redirects. It keeps its own copy of the request, since
+// the fill outlives r.
+func (p *Proxy) resumer(r *http.Request, target string) func(context.Context, int64) (io.ReadCloser, error) {
+	base := upstreamRequest(context.Background(), r, target, http.MethodGet)
+	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		req := base.Clone(ctx)
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+		resp, err := p.fetch.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusPartialContent ||
+			!strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", off)) {
+			resp.Body.Close()
+			return nil, fmt.Errorf("upstream answered a resume at byte %d with %s", off, resp.Status)
+		}
+		return resp.Body, nil
+	}
+}
+
+// streamFill sends a fill to the client while it grows. If the fill fails
+// the connection is cut, so that the client retries rather than keeping
+// bytes that no digest vouched for.
+func streamFill(w http.ResponseWriter, r *http.Request, f *fill.Fill, rd *fill.Reader) {
+	defer rd.Close()
+	setBlobHeaders(w.Header(), f.Digest())
+	tr := &trackingReader{Reader: rd}
+	if f.Size() >= 0 {
+		http.ServeContent(w, r, "", time.Time{}, tr)
+	} else {
+		w.WriteHeader(http.StatusOK)
+		io.Copy(w, tr)
+	}
+	if tr.err != nil {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// trackingReader remembers the first read error, which http.ServeContent
+// would otherwise swallow.
+type trackingReader struct {
+	*fill.Reader
+	err error
+}
+
+func (t *trackingReader) Read(p []byte) (int, error) {
+	n, err := t.Reader.Read(p)
+	if err != nil && err != io.EOF && t.err == nil {
+		t.err = err
+	}
+	return n, err
+}

@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/elazarl/goproxy"
+)
+
+// This is the only file that knows goproxy. goproxy parses and routes
+// CONNECTs and runs raw tunnels; intercepted connections are handed to one
+// long-lived net/http Server (mitmSrv), so that the cache is a plain
+// http.Handler with net/http's framing, limits and timeouts.
+
+// newFrontServer serves the proxy port.
+func (p *Proxy) newFrontServer() *http.Server {
+	gp := goproxy.NewProxyHttpServer()
+	// goproxy's default dialer honours HTTPS_PROXY; ours never does and
+	// applies --resolve instead.
+	gp.ConnectDial = nil
+	gp.ConnectDialWithReq = func(req *http.Request, network, addr string) (net.Conn, error) {
+		return p.dial.DialContext(req.Context(), network, addr)
+	}
+	gp.Tr = p.transport
+	gp.Logger = log.New(io.Discard, "", 0)
+	gp.NonproxyHandler = p.accessLog(http.HandlerFunc(p.servePlain))
+	gp.OnRequest().HandleConnectFunc(p.handleConnect)
+	// Absolute-URI requests would make regproxy an open forward proxy.
+	gp.OnRequest().DoFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		p.logLine(r, r.URL.Host, "", "", "DENIED", http.StatusForbidden, 0, 0)
+		return r, goproxy.NewResponse(r, "text/plain", http.StatusForbidden,
+			"regproxy forwards only CONNECT; plain HTTP proxying is refused\n")
+	})
+	return &http.Server{
+		Handler:           gp,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// handleConnect decides each CONNECT: reject a malformed target, intercept
+// an allow-listed one, tunnel the rest.
+func (p *Proxy) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	host, _, err := splitTarget(target)
+	if err != nil {
+		// goproxy would dial ":80" for a target without a port and answer
+		// dial errors with a 502 carrying the raw error: refuse it first.
+		ctx.Resp = goproxy.NewResponse(ctx.Req, "text/plain", http.StatusBadRequest, err.Error()+"\n")
+		p.logLine(ctx.Req, target, "", "", "DENIED", http.StatusBadRequest, 0, 0)
+		return goproxy.RejectConnect, target
+	}
+	if !p.allow.Intercepts(target) {
+		p.logLine(ctx.Req, target, "", "", "TUNNEL", http.StatusOK, 0, 0)
+		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, target
+	}
+	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+		p.intercept(client, target, host)
+	}}, target
+}
+
+// intercept answers the CONNECT and hands the connection, wrapped in TLS
+// with a leaf for host, to the registry server.
+//
+// goproxy's ConnectHijack drops bytes a client sent together with its
+// CONNECT; Go clients and curl wait for the 200 first, so none are lost.
+func (p *Proxy) intercept(client net.Conn, target, host string) {
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		client.Close()
+		return
+	}
+	conn := tls.Server(&targetConn{Conn: client, target: target, host: host}, p.tlsConfig)
+	if !p.mitm.deliver(conn) {
+		conn.Close()
+	}
+}
+
+// targetConn is an intercepted client connection that remembers its
+// CONNECT target, so that requests on it go to that target and nowhere
+// else, whatever their Host header says.
+type targetConn struct {
+	net.Conn
+	target string // host:port as in the CONNECT
+	host   string // target without the port, for the leaf certificate
+}
+
+func (p *Proxy) newTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			tc, ok := hello.Conn.(*targetConn)
+			if !ok {
+				return nil, errors.New("intercepted connection without target")
+			}
+			// The leaf names the CONNECT host, not the SNI: regproxy only
+			// impersonates hosts on its allow-list.
+			return p.ca.Leaf(tc.host)
+		},
+	}
+}
+
+type targetKey struct{}
+
+// newMITMServer serves the registry API on intercepted connections.
+func (p *Proxy) newMITMServer() *http.Server {
+	return &http.Server{
+		Handler:           p.accessLog(http.HandlerFunc(p.serveRegistry)),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*tls.Conn); ok {
+				if t, ok := tc.NetConn().(*targetConn); ok {
+					return context.WithValue(ctx, targetKey{}, t.target)
+				}
+			}
+			return ctx
+		},
+	}
+}
+
+// targetOf returns the CONNECT target of an intercepted request.
+func targetOf(r *http.Request) string {
+	t, _ := r.Context().Value(targetKey{}).(string)
+	return t
+}
+
+// connListener is a net.Listener fed with intercepted connections.
+type connListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// deliver hands c to Accept; false once the listener is closed.
+func (l *connListener) deliver(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.done:
+		return false
+	case <-time.After(30 * time.Second):
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return dummyAddr{} }
+
+type dummyAddr struct{}
+
+func (dummyAddr) Network() string { return "intercepted" }
+func (dummyAddr) String() string  { return "intercepted" }
+
+// hostOnly strips the port from "host:port".
+func hostOnly(target string) string {
+	if h, _, err := net.SplitHostPort(target); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(target, ":")
+}

@@ -1,0 +1,227 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regproxy/regproxy/cachestore"
+)
+
+// maxManifestSize is the largest manifest regproxy caches. The OCI
+// distribution spec asks registries to accept manifests of at least 4 MiB;
+// larger ones pass through uncached.
+const maxManifestSize = 4 << 20
+
+// cachedManifest is a manifest body with the header that must go with it.
+type cachedManifest struct {
+	Body        []byte
+	ContentType string
+	Digest      digest.Digest
+}
+
+// serveManifest answers GET and HEAD of a manifest: by digest from the
+// cache forever, by tag from the cache while fresh.
+func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath) error {
+	if rp.IsTag() {
+		return p.serveTag(w, r, rp)
+	}
+	m, err := p.manifests.load(r.Context(), rp.Digest)
+	if err == nil {
+		setOutcome(r, outcomeHit)
+		writeManifest(w, r, m)
+		return nil
+	}
+	p.logCacheError(err, rp)
+	if r.Method == http.MethodHead {
+		setOutcome(r, outcomePass)
+		p.pass.ServeHTTP(w, r)
+		return nil
+	}
+	return p.fetchManifest(w, r, rp, nil)
+}
+
+// serveTag answers a manifest by tag. A fresh record is served as it is;
+// a stale one is revalidated with a HEAD, which Docker Hub does not count
+// against its pull limit. A HEAD of a tag that is not fresh passes up.
+func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) error {
+	key := tagRecordKey(targetOf(r), rp.Name, rp.Reference, normalizeAccept(r.Header))
+	rec, m, err := p.manifests.loadTag(r.Context(), key)
+	switch {
+	case err == nil && p.now().Before(rec.Validated.Add(p.manifestTTL)):
+		setOutcome(r, outcomeHit)
+		writeManifest(w, r, m)
+		return nil
+	case r.Method == http.MethodHead:
+		setOutcome(r, outcomePass)
+		p.pass.ServeHTTP(w, r)
+		return nil
+	case err != nil:
+		p.logCacheError(err, rp)
+		return p.fetchManifest(w, r, rp, nil)
+	}
+	return p.revalidate(w, r, rp, key, rec, m)
+}
+
+func (p *Proxy) logCacheError(err error, rp regPath) {
+	if !errors.Is(err, cachestore.ErrNotFound) {
+		p.log.Warn("cache read failed; fetching upstream", "repo", rp.Name, "ref", rp.Reference, "err", err)
+	}
+}
+
+// revalidate asks upstream whether a stale tag still names the same
+// digest. Same digest: the record is refreshed and served. Upstream
+// unreachable, 429 or 5xx: the stale copy is served. Anything else: a GET.
+func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, key string, rec tagRecord, m *cachedManifest) error {
+	resp, err := p.fetch.Do(upstreamRequest(r.Context(), r, targetOf(r), http.MethodHead))
+	if err == nil {
+		resp.Body.Close()
+	}
+	if err != nil || unhealthy(resp.StatusCode) {
+		p.serveStale(w, r, rp, m, resp, err)
+		return nil
+	}
+	if resp.StatusCode == http.StatusOK && resp.Header.Get("Docker-Content-Digest") == rec.Digest.String() {
+		rec.Validated = p.now()
+		if err := p.manifests.saveTag(r.Context(), key, rec); err != nil {
+			p.log.Warn("refresh tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
+		}
+		setOutcome(r, outcomeRevalidated)
+		writeManifest(w, r, m)
+		return nil
+	}
+	return p.fetchManifest(w, r, rp, m)
+}
+
+// unhealthy reports upstream answers that a stale copy may stand in for.
+func unhealthy(status int) bool {
+	return status == http.StatusTooManyRequests || status >= 500
+}
+
+func (p *Proxy) serveStale(w http.ResponseWriter, r *http.Request, rp regPath, m *cachedManifest, resp *http.Response, err error) {
+	why := fmt.Sprint(err)
+	if err == nil {
+		why = resp.Status
+	}
+	p.log.Warn("upstream failed; serving stale manifest", "host", targetOf(r), "repo", rp.Name, "ref", rp.Reference, "upstream", why)
+	setOutcome(r, outcomeStale)
+	writeManifest(w, r, m)
+}
+
+// fetchManifest GETs a manifest upstream, verifies it and caches it. stale,
+// when not nil, is served instead if upstream fails.
+func (p *Proxy) fetchManifest(w http.ResponseWriter, r *http.Request, rp regPath, stale *cachedManifest) error {
+	target := targetOf(r)
+	resp, err := p.fetch.Do(upstreamRequest(r.Context(), r, target, http.MethodGet))
+	if err != nil {
+		if stale != nil {
+			p.serveStale(w, r, rp, stale, nil, err)
+			return nil
+		}
+		return errUpstream(target, err)
+	}
+	defer resp.Body.Close()
+	if stale != nil && unhealthy(resp.StatusCode) {
+		p.serveStale(w, r, rp, stale, resp, nil)
+		return nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		setOutcome(r, outcomePass)
+		copyResponse(w, resp)
+		return nil
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	if err != nil {
+		return errUpstream(target, fmt.Errorf("read manifest: %w", err))
+	}
+	if len(body) > maxManifestSize {
+		setOutcome(r, outcomePass)
+		resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), resp.Body))
+		copyResponse(w, resp)
+		return nil
+	}
+	return p.cacheAndRelay(w, r, rp, resp, body)
+}
+
+// cacheAndRelay verifies a fetched manifest, caches it when it may be
+// cached, and sends it to the client with upstream's headers.
+func (p *Proxy) cacheAndRelay(w http.ResponseWriter, r *http.Request, rp regPath, resp *http.Response, body []byte) error {
+	m := &cachedManifest{Body: body, ContentType: resp.Header.Get("Content-Type"), Digest: digest.FromBytes(body)}
+	if rp.Digest != "" && m.Digest != rp.Digest {
+		return &regError{Status: http.StatusBadGateway, Code: "MANIFEST_INVALID",
+			Message: "upstream manifest does not match its digest", Cause: fmt.Errorf("got %s", m.Digest)}
+	}
+	announced := resp.Header.Get("Docker-Content-Digest")
+	switch {
+	case isSchema1(m):
+		setOutcome(r, outcomePass) // schema 1 is signed per request; never cached
+	case announced != "" && announced != m.Digest.String():
+		p.log.Warn("upstream manifest digest header mismatch; not caching", "repo", rp.Name, "ref", rp.Reference, "announced", announced, "got", m.Digest)
+		setOutcome(r, outcomePass)
+	default:
+		p.saveManifest(r, rp, m)
+	}
+	relayBody(w, resp, body)
+	return nil
+}
+
+func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
+	ctx := r.Context()
+	if err := p.manifests.save(ctx, m); err != nil {
+		p.log.Warn("cache manifest", "digest", m.Digest, "err", err)
+		return
+	}
+	if !rp.IsTag() {
+		return
+	}
+	accept := normalizeAccept(r.Header)
+	rec := tagRecord{Registry: targetOf(r), Repository: rp.Name, Tag: rp.Reference, Accept: accept,
+		Digest: m.Digest, Validated: p.now()}
+	if err := p.manifests.saveTag(ctx, tagRecordKey(rec.Registry, rec.Repository, rec.Tag, accept), rec); err != nil {
+		p.log.Warn("cache tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
+	}
+}
+
+// relayBody sends an upstream response whose body was already read.
+func relayBody(w http.ResponseWriter, resp *http.Response, body []byte) {
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = append([]string(nil), vv...)
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(resp.StatusCode)
+	w.Write(body)
+}
+
+// writeManifest serves a cached manifest with the headers upstream sent.
+func writeManifest(w http.ResponseWriter, r *http.Request, m *cachedManifest) {
+	h := w.Header()
+	h.Set("Content-Type", m.ContentType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("Etag", `"`+m.Digest.String()+`"`)
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(m.Body))
+}
+
+// isSchema1 recognises Docker image manifest schema 1, whose signed form
+// differs per request and which may not be cached by digest.
+func isSchema1(m *cachedManifest) bool {
+	if strings.HasPrefix(m.ContentType, "application/vnd.docker.distribution.manifest.v1") {
+		return true
+	}
+	var v struct {
+		SchemaVersion int `json:"schemaVersion"`
+	}
+	return json.Unmarshal(m.Body, &v) == nil && v.SchemaVersion == 1
+}

@@ -1,0 +1,178 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regproxy/regproxy/cachestore"
+)
+
+// hotManifestMax is the largest body kept in the in-memory LRU. Typical
+// manifests and indexes are a few KiB; the bound keeps the LRU's memory
+// below hotManifests × hotManifestMax.
+const (
+	hotManifests   = 512
+	hotManifestMax = 64 << 10
+	maxRecordSize  = 64 << 10
+)
+
+// manifestCache keeps manifests by digest (immutable, so also in an LRU)
+// and tag records, on top of the store.
+type manifestCache struct {
+	store cachestore.Store
+	hot   *lru.Cache[digest.Digest, *cachedManifest]
+}
+
+func newManifestCache(store cachestore.Store) *manifestCache {
+	hot, _ := lru.New[digest.Digest, *cachedManifest](hotManifests)
+	return &manifestCache{store: store, hot: hot}
+}
+
+// manifestMeta is stored beside a manifest body: the header a client must
+// get with it.
+type manifestMeta struct {
+	ContentType string `json:"contentType"`
+}
+
+// tagRecord says which manifest a tag named, for one Accept header, and
+// when upstream last confirmed it.
+type tagRecord struct {
+	Registry   string        `json:"registry"`
+	Repository string        `json:"repository"`
+	Tag        string        `json:"tag"`
+	Accept     string        `json:"accept"`
+	Digest     digest.Digest `json:"digest"`
+	Validated  time.Time     `json:"validated"`
+}
+
+// load returns the manifest with digest d, or an error wrapping
+// cachestore.ErrNotFound.
+func (c *manifestCache) load(ctx context.Context, d digest.Digest) (*cachedManifest, error) {
+	if m, ok := c.hot.Get(d); ok {
+		return m, nil
+	}
+	var meta manifestMeta
+	if err := c.readJSON(ctx, cachestore.ManifestMetaKey(d), &meta); err != nil {
+		return nil, err
+	}
+	body, err := c.read(ctx, cachestore.ManifestKey(d), maxManifestSize)
+	if err != nil {
+		return nil, err
+	}
+	m := &cachedManifest{Body: body, ContentType: meta.ContentType, Digest: d}
+	c.remember(m)
+	return m, nil
+}
+
+func (c *manifestCache) remember(m *cachedManifest) {
+	if len(m.Body) <= hotManifestMax {
+		c.hot.Add(m.Digest, m)
+	}
+}
+
+// save stores a verified manifest: the body first, then its meta record,
+// so that a reader that finds the meta always finds the body.
+func (c *manifestCache) save(ctx context.Context, m *cachedManifest) error {
+	if err := c.write(ctx, cachestore.ManifestKey(m.Digest), m.Body, m.Digest); err != nil {
+		return err
+	}
+	meta, _ := json.Marshal(manifestMeta{ContentType: m.ContentType})
+	if err := c.write(ctx, cachestore.ManifestMetaKey(m.Digest), meta, digest.FromBytes(meta)); err != nil {
+		return err
+	}
+	c.remember(m)
+	return nil
+}
+
+// loadTag returns a tag record and the manifest it names.
+func (c *manifestCache) loadTag(ctx context.Context, key string) (tagRecord, *cachedManifest, error) {
+	var rec tagRecord
+	if err := c.readJSON(ctx, key, &rec); err != nil {
+		return rec, nil, err
+	}
+	if rec.Digest.Validate() != nil {
+		return rec, nil, fmt.Errorf("tag record %s: bad digest", key)
+	}
+	m, err := c.load(ctx, rec.Digest)
+	return rec, m, err
+}
+
+func (c *manifestCache) saveTag(ctx context.Context, key string, rec tagRecord) error {
+	b, _ := json.Marshal(rec)
+	return c.write(ctx, key, b, digest.FromBytes(b))
+}
+
+func (c *manifestCache) write(ctx context.Context, key string, b []byte, d digest.Digest) error {
+	w, err := c.store.Create(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer w.Cancel()
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	return w.Commit(ctx, d)
+}
+
+func (c *manifestCache) read(ctx context.Context, key string, limit int64) ([]byte, error) {
+	rd, err := c.store.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	if rd.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes, more than %d", key, rd.Size(), limit)
+	}
+	b := make([]byte, rd.Size())
+	if _, err := io.ReadFull(rd, b); err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	return b, nil
+}
+
+func (c *manifestCache) readJSON(ctx context.Context, key string, v any) error {
+	b, err := c.read(ctx, key, maxRecordSize)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("decode %s: %w", key, err)
+	}
+	return nil
+}
+
+// tagRecordKey names the record of (registry, repository, tag, Accept).
+// The Accept header is part of the key because one tag answers with an
+// index or a single manifest depending on what the client accepts.
+func tagRecordKey(registry, repo, tag, accept string) string {
+	sum := sha256.Sum256([]byte(registry + "\n" + repo + "\n" + tag + "\n" + accept))
+	return cachestore.TagKey(hex.EncodeToString(sum[:]))
+}
+
+// normalizeAccept reduces Accept headers to a sorted set of media types,
+// so that clients listing the same types in another order or with other
+// q-values share records.
+func normalizeAccept(h http.Header) string {
+	var types []string
+	for _, v := range h.Values("Accept") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, _, _ := strings.Cut(part, ";")
+			if mt = strings.ToLower(strings.TrimSpace(mt)); mt != "" {
+				types = append(types, mt)
+			}
+		}
+	}
+	slices.Sort(types)
+	return strings.Join(slices.Compact(types), ",")
+}

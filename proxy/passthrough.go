@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httputil"
+)
+
+// newPassthrough forwards uncached requests (the /v2/ ping, token
+// requests, tag lists, pushes) to the intercepted target unchanged, with
+// the client's own Authorization. Redirects go back to the client.
+func (p *Proxy) newPassthrough() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "https"
+			pr.Out.URL.Host = targetOf(pr.In)
+			// Keep the client's Host header: it is what it would have sent
+			// upstream directly.
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     p.transport,
+		FlushInterval: -1, // stream as it comes: uploads, large tag lists
+		ErrorLog:      nil,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			setOutcome(r, outcomeError)
+			p.log.Warn("pass-through failed", "host", targetOf(r), "path", r.URL.Path, "err", err)
+			writeError(w, errUpstream(targetOf(r), err))
+		},
+	}
+}
+
+// copyResponse relays an upstream response that regproxy does not cache
+// (an error status, say) to the client as it is.
+func copyResponse(w http.ResponseWriter, resp *http.Response) {
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = append([]string(nil), vv...)
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	w.WriteHeader(resp.StatusCode)
+	if _, err := io.Copy(w, resp.Body); err != nil && !errors.Is(err, io.EOF) {
+		// The status line is gone: only a cut connection tells the client.
+		panic(http.ErrAbortHandler)
+	}
+}

@@ -1,0 +1,39 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// servePlain answers plain HTTP requests on the proxy port: the CA for
+// nodes to trust, a health check, and a short description.
+func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	switch r.URL.Path {
+	case "/ca.crt":
+		w.Header().Set("Content-Type", "application/x-x509-ca-cert")
+		w.Write(p.ca.CertPEM())
+	case "/healthz":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	case "/":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, indexText, r.Host, r.Host)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+const indexText = `regproxy: a caching HTTPS proxy for container registries.
+
+Allow-listed registries are intercepted and their blobs and manifests
+served from a shared cache; every other CONNECT is tunnelled untouched.
+
+On each node:
+  curl -fsS http://%s/ca.crt -o /usr/local/share/ca-certificates/regproxy.crt && update-ca-certificates
+  export HTTPS_PROXY=http://%s   # dockerd/containerd: a systemd drop-in; enroot: https_proxy in enroot.conf
+`

@@ -1,0 +1,165 @@
+// Package proxy owns regproxy's request path: it accepts CONNECTs on the
+// proxy port, intercepts allow-listed registry hosts with leaf certificates
+// from the CA, answers blob and manifest requests from the cache (filling
+// it through coalesced fills), and passes everything else through. It does
+// not own storage layout (cachestore), certificates (ca) or the fill
+// mechanics (fill).
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"time"
+
+	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/fill"
+)
+
+// CertSource mints leaf certificates for intercepted hosts and hands out
+// the CA certificate for nodes to trust. *ca.CA implements it.
+type CertSource interface {
+	Leaf(host string) (*tls.Certificate, error)
+	CertPEM() []byte
+}
+
+// Config configures a Proxy.
+type Config struct {
+	// CA signs the certificates of intercepted hosts. Required.
+	CA CertSource
+	// Store keeps blobs, manifests and tag records. Required.
+	Store cachestore.Store
+	// Registries is the allow-list: "host" (any port) or "host:port".
+	// "docker.io" stands for every host Docker Hub serves from.
+	Registries []string
+	// Resolve maps "host:port" to the "ip:port" dialled instead.
+	Resolve map[string]string
+	// UpstreamRoots verifies upstream TLS. Nil means the system roots.
+	UpstreamRoots *x509.CertPool
+	// ManifestTTL is how long a manifest fetched by tag is served without
+	// asking upstream. Zero means one hour.
+	ManifestTTL time.Duration
+	// FillTimeout bounds one blob fill. Zero means one hour.
+	FillTimeout time.Duration
+	// Logger receives the access log and errors. Nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for tag TTLs. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Proxy is regproxy's proxy server. Serve it on a listener; Close it.
+type Proxy struct {
+	ca          CertSource
+	store       cachestore.Store
+	allow       *allowList
+	dial        *dialer
+	transport   *http.Transport
+	fetch       *http.Client           // follows redirects, for fills
+	pass        *httputil.ReverseProxy // for everything not cached
+	fills       *fill.Group
+	manifests   *manifestCache
+	manifestTTL time.Duration
+	log         *slog.Logger
+	now         func() time.Time
+
+	mitm      *connListener // intercepted connections, for mitmServer
+	mitmSrv   *http.Server  // serves the registry API on intercepted connections
+	front     *http.Server  // serves the proxy port: CONNECT and plain pages
+	tlsConfig *tls.Config   // shared by interceptions, for session resumption
+}
+
+// New validates cfg and returns a Proxy ready to Serve.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.CA == nil || cfg.Store == nil {
+		return nil, errors.New("proxy: CA and Store are required")
+	}
+	allow, err := parseAllowList(cfg.Registries)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		ca:          cfg.CA,
+		store:       cfg.Store,
+		allow:       allow,
+		dial:        newDialer(cfg.Resolve),
+		manifestTTL: cfg.ManifestTTL,
+		log:         cfg.Logger,
+		now:         cfg.Now,
+	}
+	p.setDefaults()
+	p.transport = newTransport(p.dial, cfg.UpstreamRoots)
+	p.fetch = newFetchClient(p.transport)
+	p.pass = p.newPassthrough()
+	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout, Logger: p.log})
+	p.manifests = newManifestCache(cfg.Store)
+	p.mitm = newConnListener()
+	p.tlsConfig = p.newTLSConfig()
+	p.mitmSrv = p.newMITMServer()
+	p.front = p.newFrontServer()
+	return p, nil
+}
+
+func (p *Proxy) setDefaults() {
+	if p.manifestTTL <= 0 {
+		p.manifestTTL = time.Hour
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+}
+
+// Timeouts and limits of both servers. Headers are bounded in size and
+// time so that a slow or hostile client cannot hold resources; bodies are
+// not, since blobs are large and clients slow.
+const (
+	maxHeaderBytes    = 64 << 10
+	readHeaderTimeout = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
+// Serve accepts proxy connections on ln until ctx ends or Close is called.
+// It returns nil after a clean shutdown.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 2)
+	go func() { errc <- p.mitmSrv.Serve(p.mitm) }()
+	go func() { errc <- p.front.Serve(ln) }()
+	var err error
+	pending := 2
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		pending--
+	}
+	p.Close()
+	for ; pending > 0; pending-- {
+		<-errc
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close stops both servers, waits briefly for requests in flight, and
+// cancels fills in progress.
+func (p *Proxy) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.front.Shutdown(ctx)
+	p.mitm.Close()
+	err := p.mitmSrv.Shutdown(ctx)
+	if err != nil {
+		p.mitmSrv.Close()
+	}
+	p.fills.Close()
+	p.transport.CloseIdleConnections()
+	return nil
+}

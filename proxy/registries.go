@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// dockerHubHosts are the hosts Docker Hub really serves from: the registry
+// API, its token service and its blob CDN. "docker.io" on the allow-list
+// stands for all of them.
+var dockerHubHosts = []string{
+	"docker.io", "index.docker.io", "registry-1.docker.io", "auth.docker.io",
+	"production.cloudflare.docker.com", "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
+}
+
+// allowList decides which CONNECT targets are intercepted.
+type allowList struct {
+	anyPort map[string]bool // host → intercepted on every port
+	exact   map[string]bool // host:port → intercepted on that port
+}
+
+// parseAllowList reads registry entries: "host" (any port) or "host:port".
+func parseAllowList(entries []string) (*allowList, error) {
+	a := &allowList{anyPort: map[string]bool{}, exact: map[string]bool{}}
+	for _, e := range entries {
+		e = strings.ToLower(strings.TrimSpace(e))
+		if e == "" {
+			continue
+		}
+		if err := a.add(e); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *allowList) add(e string) error {
+	host, port, err := net.SplitHostPort(e)
+	if err != nil {
+		if !validHost(e) {
+			return fmt.Errorf("registry %q: not a host name", e)
+		}
+		a.anyPort[e] = true
+		if e == "docker.io" {
+			for _, h := range dockerHubHosts {
+				a.anyPort[h] = true
+			}
+		}
+		return nil
+	}
+	if !validHost(host) || !validPort(port) {
+		return fmt.Errorf("registry %q: want host or host:port", e)
+	}
+	a.exact[net.JoinHostPort(host, port)] = true
+	return nil
+}
+
+// Intercepts reports whether target ("host:port") is on the list.
+func (a *allowList) Intercepts(target string) bool {
+	host, _, err := net.SplitHostPort(strings.ToLower(target))
+	if err != nil {
+		return false
+	}
+	return a.anyPort[host] || a.exact[strings.ToLower(target)]
+}
+
+// validHost accepts DNS names (letters, digits, hyphens, dots) and IP
+// literals.
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n < 65536 && strconv.Itoa(n) == p
+}
+
+// splitTarget validates a CONNECT target, which must be host:port.
+func splitTarget(target string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(target)
+	if err != nil {
+		return "", "", fmt.Errorf("CONNECT target %q: want host:port", target)
+	}
+	if !validHost(host) || !validPort(port) {
+		return "", "", fmt.Errorf("CONNECT target %q: bad host or port", target)
+	}
+	return host, port, nil
+}

@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+)
+
+// kind says which cache a registry request may be served from.
+type kind int
+
+const (
+	kindOther    kind = iota // passed through, never cached
+	kindBlob                 // GET/HEAD /v2/<name>/blobs/<digest>
+	kindManifest             // GET/HEAD /v2/<name>/manifests/<reference>
+)
+
+// regPath is a registry request's path, parsed once and validated.
+type regPath struct {
+	Kind kind
+	Name string // repository name, e.g. library/alpine
+	// Reference is the tag or digest as it appeared in the path.
+	Reference string
+	// Digest is set for blobs and for manifests by digest; empty for tags.
+	Digest digest.Digest
+}
+
+// IsTag reports whether a manifest request names a tag.
+func (p regPath) IsTag() bool { return p.Kind == kindManifest && p.Digest == "" }
+
+// parsePath classifies a request on an intercepted registry host. Only GET
+// and HEAD of blobs and manifests are cacheable; every other request,
+// uploads and pushes included, is kindOther. A cacheable path with a bad
+// name, digest or tag is an error, so that no bad input reaches the cache.
+// Any path with "." or ".." segments or escaped slashes is refused outright.
+func parsePath(r *http.Request) (regPath, error) {
+	if err := checkSegments(r); err != nil {
+		return regPath{}, err
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return regPath{Kind: kindOther}, nil
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	if !ok {
+		return regPath{Kind: kindOther}, nil
+	}
+	// Parse from the end: a repository may itself contain a "blobs" or
+	// "manifests" component (distribution spec, "Pulling").
+	i := strings.LastIndexByte(rest, '/')
+	j := strings.LastIndexByte(rest[:max(i, 0)], '/')
+	if i < 0 || j < 0 {
+		return regPath{Kind: kindOther}, nil
+	}
+	name, section, ref := rest[:j], rest[j+1:i], rest[i+1:]
+	switch section {
+	case "blobs":
+		return parseBlob(name, ref)
+	case "manifests":
+		return parseManifest(name, ref)
+	}
+	return regPath{Kind: kindOther}, nil
+}
+
+// checkSegments refuses dot segments (which net/http does not clean for
+// requests it proxies) and percent-encoded slashes, which would let a path
+// mean one thing to us and another upstream.
+func checkSegments(r *http.Request) error {
+	for seg := range strings.SplitSeq(r.URL.Path, "/") {
+		if seg == "." || seg == ".." {
+			return errPathInvalid("path has dot segments")
+		}
+	}
+	if strings.Contains(strings.ToLower(r.URL.RawPath), "%2f") {
+		return errPathInvalid("path has escaped slashes")
+	}
+	return nil
+}
+
+func parseBlob(name, ref string) (regPath, error) {
+	if err := checkName(name); err != nil {
+		return regPath{}, err
+	}
+	d, err := parseDigest(ref)
+	if err != nil {
+		return regPath{}, err
+	}
+	return regPath{Kind: kindBlob, Name: name, Reference: ref, Digest: d}, nil
+}
+
+func parseManifest(name, ref string) (regPath, error) {
+	if err := checkName(name); err != nil {
+		return regPath{}, err
+	}
+	p := regPath{Kind: kindManifest, Name: name, Reference: ref}
+	if strings.Contains(ref, ":") {
+		d, err := parseDigest(ref)
+		if err != nil {
+			return regPath{}, err
+		}
+		p.Digest = d
+		return p, nil
+	}
+	if !anchoredTag(ref) {
+		return regPath{}, errTagInvalid("invalid tag")
+	}
+	return p, nil
+}
+
+func anchoredTag(s string) bool {
+	loc := reference.TagRegexp.FindStringIndex(s)
+	return loc != nil && loc[0] == 0 && loc[1] == len(s)
+}
+
+// checkName validates a repository name against the distribution/reference
+// grammar. Prefixing a placeholder domain makes the grammar read all of name
+// as the path part, so a first component such as "foo:5000" is refused.
+func checkName(name string) error {
+	if name == "" || len(name) > reference.RepositoryNameTotalLengthMax {
+		return errNameInvalid("invalid repository name")
+	}
+	if _, err := reference.WithName("regproxy.invalid/" + name); err != nil {
+		return errNameInvalid("invalid repository name")
+	}
+	return nil
+}
+
+// parseDigest accepts sha256 digests only: 64 lowercase hex digits. That is
+// what every registry serves, and the cache keys assume it.
+func parseDigest(s string) (digest.Digest, error) {
+	d, err := digest.Parse(s)
+	if err != nil || d.Algorithm() != digest.SHA256 {
+		return "", errDigestInvalid("invalid digest; want sha256:<64 hex digits>")
+	}
+	return d, nil
+}

@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+)
+
+// dialer dials upstream hosts, applying --resolve overrides. Tunnels and
+// interceptions share it, so an override holds for both.
+type dialer struct {
+	resolve map[string]string // "host:port" → "ip:port"
+	net     net.Dialer
+}
+
+func newDialer(resolve map[string]string) *dialer {
+	return &dialer{resolve: resolve, net: net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}}
+}
+
+// DialContext dials addr, or the address --resolve maps it to.
+func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if to, ok := d.resolve[addr]; ok {
+		addr = to
+	}
+	return d.net.DialContext(ctx, network, addr)
+}
+
+// newTransport is the transport for all of regproxy's upstream traffic.
+// It never consults HTTPS_PROXY: nodes often share one environment file with
+// the proxy, and a proxy that proxies through itself loops.
+func newTransport(d *dialer, roots *x509.CertPool) *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   30 * time.Second,
+		ResponseHeaderTimeout: 2 * time.Minute,
+		ExpectContinueTimeout: time.Second,
+		// Blobs must arrive byte for byte as their digest says: never let
+		// the transport ask for gzip and decompress behind our back.
+		DisableCompression: true,
+	}
+}
+
+// maxRedirects bounds the redirect chain of one blob fetch.
+const maxRedirects = 10
+
+// newFetchClient follows redirects inside regproxy (blob GETs are usually
+// answered with a redirect to a CDN or object store; the client never sees
+// it). The Authorization header is sent only to the registry host itself:
+// net/http keeps it for subdomains too, but a CDN under the registry's
+// domain has no business with a registry token.
+func newFetchClient(t http.RoundTripper) *http.Client {
+	return &http.Client{
+		Transport: t,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= maxRedirects {
+				return errors.New("too many redirects")
+			}
+			if req.URL.Host != via[0].URL.Host {
+				req.Header.Del("Authorization")
+			}
+			return nil
+		},
+	}
+}
+
+// hopHeaders are the hop-by-hop headers of RFC 9110, section 7.6.1, which
+// are never forwarded.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// fetchHeaders are the client headers that a cache fill must not forward:
+// the fill fetches the whole entity whatever part one client asked for.
+var fetchHeaders = []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "Accept-Encoding"}
+
+// upstreamRequest builds the request regproxy sends upstream for r: same
+// method, path and end-to-end headers (Authorization included), addressed
+// to the intercepted target, under ctx.
+func upstreamRequest(ctx context.Context, r *http.Request, target, method string) *http.Request {
+	out := r.Clone(ctx)
+	out.Method = method
+	out.URL.Scheme = "https"
+	out.URL.Host = target
+	out.RequestURI = ""
+	out.Body = nil
+	out.ContentLength = 0
+	out.Host = r.Host
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	for _, h := range fetchHeaders {
+		out.Header.Del(h)
+	}
+	return out
+}
