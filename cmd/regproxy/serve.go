@@ -129,4 +129,3 @@ func fingerprint(authority *ca.CA) string {
 	sum := sha256.Sum256(authority.Certificate().Raw)
 	return hex.EncodeToString(sum[:])
 }
-
