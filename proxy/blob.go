@@ -120,18 +120,23 @@ func (p *Proxy) startFill(w http.ResponseWriter, r *http.Request, f *fill.Fill) 
 		copyResponse(w, resp)
 		return true, nil
 	}
-	f.Start(fill.Body{Reader: resp.Body, Size: resp.ContentLength, Resume: p.resumer(r, target)})
+	body := fill.Body{Reader: resp.Body, Size: resp.ContentLength}
+	if body.Size > 0 {
+		body.Resume = p.resumer(r, target, body.Size)
+	}
+	f.Start(body)
 	return false, nil
 }
 
 // resumer reopens a cut blob download at an offset with a Range request,
 // through the same redirects. It keeps its own copy of the request, since
-// the fill outlives r.
-func (p *Proxy) resumer(r *http.Request, target string) func(context.Context, int64) (io.ReadCloser, error) {
+// the fill outlives r. The range names both ends: some registries refuse
+// open-ended ranges.
+func (p *Proxy) resumer(r *http.Request, target string, size int64) func(context.Context, int64) (io.ReadCloser, error) {
 	base := upstreamRequest(context.Background(), r, target, http.MethodGet)
 	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
 		req := base.Clone(ctx)
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", off))
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, size-1))
 		resp, err := p.fetch.Do(req)
 		if err != nil {
 			return nil, err
