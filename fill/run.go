@@ -156,6 +156,11 @@ func (f *Fill) verifyAndCommit(h hash.Hash) error {
 	if got := digest.NewDigest(f.digest.Algorithm(), h); got != f.digest {
 		return fmt.Errorf("fill %s: got digest %s: %w", f.digest, got, cachestore.ErrDigestMismatch)
 	}
+	// Flush to disk before the rename makes the blob visible: hits are not
+	// verified again, so a blob must never be visible before it is durable.
+	if err := f.file.Sync(); err != nil {
+		return fmt.Errorf("fill %s: sync spool file: %w", f.digest, err)
+	}
 	if err := f.commit(n); err != nil {
 		return fmt.Errorf("fill %s: commit: %w", f.digest, err)
 	}

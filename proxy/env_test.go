@@ -55,12 +55,15 @@ type env struct {
 	proxyURL *url.URL
 	caPEM    []byte
 	stop     func()
+	// registries is the proxy's allow-list; start reads it.
+	registries []string
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{t: t, up: testupstream.Start(t), dataDir: t.TempDir(),
-		clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, ttl: time.Hour}
+		clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, ttl: time.Hour,
+		registries: []string{"registry.test"}}
 	e.start()
 	t.Cleanup(func() { e.stop() })
 	return e
@@ -83,7 +86,7 @@ func (e *env) start(extraResolve ...string) {
 		resolve[extraResolve[i]] = extraResolve[i+1]
 	}
 	p, err := proxy.New(proxy.Config{
-		CA: authority, Store: store, Registries: []string{"registry.test"},
+		CA: authority, Store: store, Registries: e.registries,
 		Resolve: resolve, UpstreamRoots: e.up.CertPool(), ManifestTTL: e.ttl,
 		Now: e.clock.Now, Logger: testLogger(t),
 	})

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,10 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/regproxy/regproxy/internal/testupstream"
 )
@@ -20,16 +25,15 @@ import (
 // layer's digest and bytes.
 func oneLayer(t *testing.T, e *env, n int64) (v1.Hash, []byte) {
 	t.Helper()
-	img := e.up.RandomImage(t, 1, n)
-	e.up.Push(t, "r", "t", img)
-	layers, _ := img.Layers()
-	d, _ := layers[0].Digest()
-	rc, _ := layers[0].Compressed()
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
+	b := make([]byte, n)
+	rand.Read(b)
+	layer := static.NewLayer(b, types.DockerLayer)
+	img, err := mutate.AppendLayers(empty.Image, layer)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.up.Push(t, "r", "t", img)
+	d, _ := layer.Digest()
 	return d, b
 }
 

@@ -93,12 +93,14 @@ for unit in docker containerd; do
 		say "$unit: no $unit.service, skipped"
 		continue
 	fi
+	# HTTPS_PROXY only: regproxy refuses plain-HTTP proxy requests (403), so an
+	# HTTP_PROXY would break pulls from http:// registries.
 	dropin=/etc/systemd/system/$unit.service.d/http-proxy.conf
 	changed=$ca_changed
 	if put "$dropin" <<EOF; then
 # Written by regproxy's scripts/setup-node.sh.
 [Service]
-Environment="HTTP_PROXY=$proxy" "HTTPS_PROXY=$proxy" "NO_PROXY=$no_proxy"
+Environment="HTTPS_PROXY=$proxy" "NO_PROXY=$no_proxy"
 EOF
 		say "$unit: wrote $dropin"
 		if $booted; then
