@@ -57,6 +57,8 @@ type env struct {
 	stop     func()
 	// registries is the proxy's allow-list; start reads it.
 	registries []string
+	// upstreamProxy, when set, is passed to the proxy; start reads it.
+	upstreamProxy *url.URL
 }
 
 func newEnv(t *testing.T) *env {
@@ -88,7 +90,7 @@ func (e *env) start(extraResolve ...string) {
 	p, err := proxy.New(proxy.Config{
 		CA: authority, Store: store, Registries: e.registries,
 		Resolve: resolve, UpstreamRoots: e.up.CertPool(), ManifestTTL: e.ttl,
-		Now: e.clock.Now, Logger: testLogger(t),
+		Now: e.clock.Now, Logger: testLogger(t), UpstreamProxy: e.upstreamProxy,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"time"
 
 	"github.com/regproxy/regproxy/cachestore"
@@ -39,6 +40,10 @@ type Config struct {
 	Registries []string
 	// Resolve maps "host:port" to the "ip:port" dialled instead.
 	Resolve map[string]string
+	// UpstreamProxy, when set, is an HTTP proxy through which regproxy
+	// reaches every upstream (CONNECT), for interceptions and tunnels alike.
+	// Nil means direct; the environment's HTTPS_PROXY is never used.
+	UpstreamProxy *url.URL
 	// UpstreamRoots verifies upstream TLS. Nil means the system roots.
 	UpstreamRoots *x509.CertPool
 	// ManifestTTL is how long a manifest fetched by tag is served without
@@ -58,7 +63,8 @@ type Proxy struct {
 	store       cachestore.Store
 	allow       *allowList
 	dial        *dialer
-	transport   *http.Transport
+	transport   *http.Transport        // dials upstreams; owns the idle connections
+	limiter     *rateLimiter           // wraps transport; every upstream request goes through it
 	fetch       *http.Client           // follows redirects, for fills
 	pass        *httputil.ReverseProxy // for everything not cached
 	fills       *fill.Group
@@ -86,14 +92,15 @@ func New(cfg Config) (*Proxy, error) {
 		ca:          cfg.CA,
 		store:       cfg.Store,
 		allow:       allow,
-		dial:        newDialer(cfg.Resolve),
+		dial:        newDialer(cfg.Resolve, cfg.UpstreamProxy),
 		manifestTTL: cfg.ManifestTTL,
 		log:         cfg.Logger,
 		now:         cfg.Now,
 	}
 	p.setDefaults()
 	p.transport = newTransport(p.dial, cfg.UpstreamRoots)
-	p.fetch = newFetchClient(p.transport)
+	p.limiter = newRateLimiter(p.transport, p.now)
+	p.fetch = newFetchClient(p.limiter)
 	p.pass = p.newPassthrough()
 	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout, Logger: p.log})
 	p.manifests = newManifestCache(cfg.Store)

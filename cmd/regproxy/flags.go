@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -42,6 +44,8 @@ func serveFlags() []cli.Flag {
 		dataDirFlag(),
 		&cli.StringFlag{Name: "registries", Value: defaultRegistries, EnvVars: env("registries", "REGISTRIES"),
 			Usage: "registries to intercept and cache, space- or comma-separated; host (any port) or host:port"},
+		&cli.StringFlag{Name: "upstream-proxy", EnvVars: env("upstream-proxy"),
+			Usage: "http://[USER:PASS@]HOST:PORT of a proxy for regproxy's own upstream traffic (HTTPS_PROXY is never used)"},
 		&cli.StringFlag{Name: "upstream-ca", EnvVars: env("upstream-ca"), Usage: "PEM file of extra roots for upstream TLS"},
 		&cli.StringSliceFlag{Name: "resolve", EnvVars: env("resolve"), Usage: "HOST:PORT=IP:PORT: dial IP:PORT for HOST:PORT (repeatable)"},
 		&cli.StringFlag{Name: "manifest-ttl", Value: "1h", EnvVars: env("manifest-ttl", "MANIFEST_CACHE_DEFAULT_TIME"),
@@ -53,12 +57,16 @@ func serveFlags() []cli.Flag {
 	return append(flags, caFlags()...)
 }
 
+// maxDays is the most days a time.Duration holds (about 292 years).
+const maxDays = math.MaxInt64 / int64(24*time.Hour)
+
 // parseDuration accepts Go durations ("90s", "1h30m") and, as nginx-based
 // proxies do, whole days ("1d", "7d").
 func parseDuration(s string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.Atoi(days)
-		if err != nil || n <= 0 {
+		// Past maxDays, n days overflow a Duration and would wrap negative.
+		if err != nil || n <= 0 || int64(n) > maxDays {
 			return 0, fmt.Errorf("invalid duration %q", s)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
@@ -130,4 +138,25 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, badFlag("log-format", fmt.Errorf("%q: want text or json", format))
+}
+
+// parseUpstreamProxy validates the --upstream-proxy URL: plain HTTP with a
+// host and port, as corporate egress proxies are.
+func parseUpstreamProxy(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "http" || !hasHostPort(u.Host) || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("%q: want http://[USER:PASS@]HOST:PORT", redact(s))
+	}
+	return u, nil
+}
+
+// redact hides a password in a URL before it reaches a message.
+func redact(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
 }

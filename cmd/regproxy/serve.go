@@ -28,8 +28,9 @@ func serveCommand() *cli.Command {
 
 func caCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "ca",
-		Usage: "inspect the CA",
+		Name:   "ca",
+		Usage:  "inspect the CA",
+		Action: unknownCommand,
 		Subcommands: []*cli.Command{{
 			Name:         "print",
 			Usage:        "print the CA certificate in PEM (generating the CA on first use)",
@@ -81,6 +82,9 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 	if cfg.Resolve, err = parseResolve(c.StringSlice("resolve")); err != nil {
 		return cfg, badFlag("resolve", err)
 	}
+	if cfg.UpstreamProxy, err = parseUpstreamProxy(c.String("upstream-proxy")); err != nil {
+		return cfg, badFlag("upstream-proxy", err)
+	}
 	if cfg.UpstreamRoots, err = loadRoots(c.String("upstream-ca")); err != nil {
 		return cfg, badFlag("upstream-ca", err)
 	}
@@ -95,6 +99,11 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 }
 
 func serve(c *cli.Context) error {
+	// urfave/cli ignores arguments: `--registries docker.io quay.io` would
+	// silently drop quay.io.
+	if c.Args().Present() {
+		return cli.Exit(fmt.Sprintf("unexpected argument %q: serve takes only flags; quote lists (--registries \"a b\")", c.Args().First()), 2)
+	}
 	cfg, err := serveConfig(c)
 	if err != nil {
 		return err
