@@ -47,7 +47,7 @@ func (c *clock) Advance(d time.Duration) {
 // env is one regproxy in front of one upstream, and a client that reaches
 // the upstream only through regproxy and trusts only regproxy's CA.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	up       *testupstream.Upstream
 	dataDir  string
 	clock    *clock
@@ -61,7 +61,7 @@ type env struct {
 	upstreamProxy *url.URL
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, up: testupstream.Start(t), dataDir: t.TempDir(),
 		clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, ttl: time.Hour,
@@ -179,7 +179,7 @@ func (e *env) pull(repo, tag string) v1.Hash {
 
 // readAllBlobs reads the config and every layer; go-containerregistry
 // verifies each against its digest as it reads.
-func readAllBlobs(t *testing.T, img v1.Image) {
+func readAllBlobs(t testing.TB, img v1.Image) {
 	t.Helper()
 	if _, err := img.RawConfigFile(); err != nil {
 		t.Fatalf("config: %v", err)
@@ -201,12 +201,17 @@ func readAllBlobs(t *testing.T, img v1.Image) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+// testLogger logs to t.Log for tests; benchmarks discard the access log,
+// which would otherwise dominate what they measure.
+func testLogger(t testing.TB) *slog.Logger {
+	if _, ok := t.(*testing.B); ok {
+		return slog.New(slog.DiscardHandler)
+	}
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // testWriter sends log lines to t.Log, so they show only for failures.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))

@@ -23,7 +23,7 @@ import (
 
 // oneLayer pushes an image with one layer of n bytes and returns the
 // layer's digest and bytes.
-func oneLayer(t *testing.T, e *env, n int64) (v1.Hash, []byte) {
+func oneLayer(t testing.TB, e *env, n int64) (v1.Hash, []byte) {
 	t.Helper()
 	b := make([]byte, n)
 	rand.Read(b)
