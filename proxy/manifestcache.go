@@ -23,6 +23,7 @@ import (
 // below hotManifests × hotManifestMax.
 const (
 	hotManifests   = 512
+	hotTags        = 4096
 	hotManifestMax = 64 << 10
 	maxRecordSize  = 64 << 10
 )
@@ -32,11 +33,16 @@ const (
 type manifestCache struct {
 	store cachestore.Store
 	hot   *lru.Cache[digest.Digest, *cachedManifest]
+	// tags mirrors recently used tag records. Replicas sharing one store
+	// may hold older copies than the store; the worst that does is one
+	// extra revalidation, or a tag served up to one TTL late.
+	tags *lru.Cache[string, tagRecord]
 }
 
 func newManifestCache(store cachestore.Store) *manifestCache {
 	hot, _ := lru.New[digest.Digest, *cachedManifest](hotManifests)
-	return &manifestCache{store: store, hot: hot}
+	tags, _ := lru.New[string, tagRecord](hotTags)
+	return &manifestCache{store: store, hot: hot, tags: tags}
 }
 
 // manifestMeta is stored beside a manifest body: the header a client must
@@ -97,12 +103,15 @@ func (c *manifestCache) save(ctx context.Context, m *cachedManifest) error {
 
 // loadTag returns a tag record and the manifest it names.
 func (c *manifestCache) loadTag(ctx context.Context, key string) (tagRecord, *cachedManifest, error) {
-	var rec tagRecord
-	if err := c.readJSON(ctx, key, &rec); err != nil {
-		return rec, nil, err
-	}
-	if rec.Digest.Validate() != nil {
-		return rec, nil, fmt.Errorf("tag record %s: bad digest", key)
+	rec, ok := c.tags.Get(key)
+	if !ok {
+		if err := c.readJSON(ctx, key, &rec); err != nil {
+			return rec, nil, err
+		}
+		if rec.Digest.Validate() != nil {
+			return rec, nil, fmt.Errorf("tag record %s: bad digest", key)
+		}
+		c.tags.Add(key, rec)
 	}
 	m, err := c.load(ctx, rec.Digest)
 	return rec, m, err
@@ -110,7 +119,11 @@ func (c *manifestCache) loadTag(ctx context.Context, key string) (tagRecord, *ca
 
 func (c *manifestCache) saveTag(ctx context.Context, key string, rec tagRecord) error {
 	b, _ := json.Marshal(rec)
-	return c.write(ctx, key, b, digest.FromBytes(b))
+	if err := c.write(ctx, key, b, digest.FromBytes(b)); err != nil {
+		return err
+	}
+	c.tags.Add(key, rec)
+	return nil
 }
 
 func (c *manifestCache) write(ctx context.Context, key string, b []byte, d digest.Digest) error {
