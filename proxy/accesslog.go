@@ -87,6 +87,9 @@ func (p *Proxy) accessLog(next http.Handler) http.Handler {
 		}
 		defer func() {
 			status := rec.status
+			if status == 0 {
+				status = http.StatusOK // net/http's default when nothing was written
+			}
 			if v := recover(); v != nil {
 				info.outcome += "-ABORTED"
 				p.logLine(r, host, info.repo, info.ref, info.outcome, status, rec.bytes, time.Since(start))

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"net/http"
 	"sync"
 	"testing"
@@ -268,5 +269,26 @@ func TestHostNotOnListIsTunnelled(t *testing.T) {
 	}
 	if issuer := resp.TLS.PeerCertificates[0].Issuer.CommonName; bytes.Contains([]byte(issuer), []byte("regproxy")) {
 		t.Fatalf("tunnelled connection presented a certificate from %q; want the upstream's own", issuer)
+	}
+}
+
+func TestPullWhileUpstreamIsDown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	img := e.up.RandomImage(t, 2, 1000)
+	e.up.Push(t, "r", "t", img)
+	want := e.pull("r", "t")
+
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := closed.Addr().String()
+	closed.Close()
+	e.stop()
+	e.start(e.up.Host, deadAddr) // the upstream is now unreachable
+	e.clock.Advance(e.ttl + time.Second)
+	if got := e.pull("r", "t"); got != want {
+		t.Fatalf("offline pull digest %s; want %s", got, want)
 	}
 }

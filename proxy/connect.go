@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -180,11 +179,3 @@ type dummyAddr struct{}
 
 func (dummyAddr) Network() string { return "intercepted" }
 func (dummyAddr) String() string  { return "intercepted" }
-
-// hostOnly strips the port from "host:port".
-func hostOnly(target string) string {
-	if h, _, err := net.SplitHostPort(target); err == nil {
-		return h
-	}
-	return strings.TrimSuffix(target, ":")
-}

@@ -22,12 +22,25 @@ func (p *Proxy) newPassthrough() *httputil.ReverseProxy {
 		Transport:     p.limiter,
 		FlushInterval: -1, // stream as it comes: uploads, large tag lists
 		ErrorLog:      nil,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			setOutcome(r, outcomeError)
-			p.log.Warn("pass-through failed", "host", targetOf(r), "path", r.URL.Path, "err", err)
-			writeError(w, errUpstream(targetOf(r), err))
-		},
+		ErrorHandler:  p.passError,
 	}
+}
+
+// passError answers a pass-through request whose upstream could not be
+// reached. The API version check (GET /v2/) is answered here instead: with
+// the upstream down, clients may still pull what the cache holds, and they
+// ping first.
+func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
+	p.log.Warn("upstream unreachable", "host", targetOf(r), "path", r.URL.Path, "err", err)
+	if r.URL.Path == "/v2/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		setOutcome(r, outcomeStale)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+		w.Write([]byte("{}"))
+		return
+	}
+	setOutcome(r, outcomeError)
+	writeError(w, errUpstream(targetOf(r), err))
 }
 
 // copyResponse relays an upstream response that regproxy does not cache

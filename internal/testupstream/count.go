@@ -1,14 +1,24 @@
 package testupstream
 
 import (
+	"net"
 	"net/http"
 	"strings"
 )
 
 // Kind returns how r is counted: its method, a space, and one of "ping"
 // (/v2/), "blob", "manifest", "tags", "upload" (/blobs/uploads/...) or
-// "other". For example "GET blob" or "HEAD manifest".
+// "other". For example "GET blob" or "HEAD manifest". In hub mode (WithHub)
+// every request to AuthHost is "token" and every request to CDNHost is
+// "cdn", such as "GET token" or "HEAD cdn"; Kind tells them apart only for
+// requests the Upstream passed to a Fault.
 func Kind(r *http.Request) string {
+	switch roleOf(r) {
+	case roleAuth:
+		return r.Method + " token"
+	case roleCDN:
+		return r.Method + " cdn"
+	}
 	return r.Method + " " + pathKind(r.URL.Path)
 }
 
@@ -48,7 +58,38 @@ func (u *Upstream) count(r *http.Request) {
 	defer u.mu.Unlock()
 	u.kinds[Kind(r)]++
 	u.paths[r.Method+" "+r.URL.Path]++
+	u.hosts[hostName(r.Host)]++
 	u.total++
+	if roleOf(r) == roleCDN && r.Header.Get("Authorization") != "" {
+		u.cdnAuth++
+	}
+}
+
+// hostName returns host without its port.
+func hostName(host string) string {
+	if name, _, err := net.SplitHostPort(host); err == nil {
+		return name
+	}
+	return host
+}
+
+// CountHost returns how many requests the upstream received for host, a
+// bare name without port such as "registry.test", "auth.test" or
+// "cdn.test".
+func (u *Upstream) CountHost(host string) int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.hosts[host]
+}
+
+// CDNSawAuthorization returns how many requests to CDNHost carried an
+// Authorization header. It should stay zero: a client or proxy that
+// follows a redirect to another host must drop the header (net/http's
+// Client does; see also RFC 9110, section 15.4).
+func (u *Upstream) CDNSawAuthorization() int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.cdnAuth
 }
 
 // Count returns how many requests of kind (see Kind) the upstream received,
@@ -80,5 +121,7 @@ func (u *Upstream) ResetCounts() {
 	defer u.mu.Unlock()
 	clear(u.kinds)
 	clear(u.paths)
+	clear(u.hosts)
 	u.total = 0
+	u.cdnAuth = 0
 }

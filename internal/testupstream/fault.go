@@ -78,19 +78,32 @@ func errorCode(status int, kind string) string {
 }
 
 // CutBlobAfter returns a Fault that simulates an upstream cut mid-blob: for
-// "GET blob" it sends the registry's real headers, including the full
-// Content-Length, then only the first n body bytes, and then aborts the
-// connection. A client sees io.ErrUnexpectedEOF. Blobs of n bytes or fewer
-// pass whole. The Fault works only when installed with SetFault.
+// the request that carries a blob's bytes ("GET blob", or "GET cdn" in hub
+// mode, where "GET blob" is only a redirect) it sends the real headers,
+// including the full Content-Length, then only the first n body bytes, and
+// then aborts the connection. A client sees io.ErrUnexpectedEOF. Blobs of n
+// bytes or fewer pass whole. The Fault works only when installed with
+// SetFault.
 func CutBlobAfter(n int64) Fault {
 	return func(w http.ResponseWriter, r *http.Request) bool {
 		next, ok := r.Context().Value(nextKey{}).(http.Handler)
-		if !ok || Kind(r) != "GET blob" {
+		if !ok || !carriesBlob(r) {
 			return false
 		}
 		next.ServeHTTP(&cutWriter{ResponseWriter: w, left: n}, r)
 		return true
 	}
+}
+
+// carriesBlob reports whether the answer to r is a blob's bytes.
+func carriesBlob(r *http.Request) bool {
+	switch Kind(r) {
+	case "GET cdn":
+		return true
+	case "GET blob":
+		return roleOf(r) != roleRegistry
+	}
+	return false
 }
 
 // cutWriter passes headers through and writes up to left body bytes. A

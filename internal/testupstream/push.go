@@ -1,6 +1,7 @@
 package testupstream
 
 import (
+	"net/http"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -11,7 +12,10 @@ import (
 
 // Push writes img to repo:tag directly (not through a proxy), then resets
 // the counters, so that counts start from zero after a push. Any count taken
-// before the push is lost with it.
+// before the push is lost with it. In hub mode it takes the token handshake
+// like any client but is granted push on every repository (see pushHeader),
+// so repo need not be under "public/" or "private/" (though only those can
+// be pulled).
 func (u *Upstream) Push(t testing.TB, repo, tag string, img v1.Image) {
 	t.Helper()
 	ref := u.tag(t, repo, tag)
@@ -53,5 +57,21 @@ func (u *Upstream) tag(t testing.TB, repo, tag string) name.Tag {
 }
 
 func (u *Upstream) remoteOptions(t testing.TB) []remote.Option {
-	return []remote.Option{remote.WithTransport(u.transport), remote.WithContext(t.Context())}
+	return []remote.Option{remote.WithTransport(u.pushRT), remote.WithContext(t.Context())}
+}
+
+// pushTransport marks the fixture's own requests with pushHeader, which
+// the hub's token server answers with a token that may push. Push then
+// takes the same token handshake as any client.
+type pushTransport struct {
+	key  string
+	next http.RoundTripper
+}
+
+var _ http.RoundTripper = (*pushTransport)(nil)
+
+func (p *pushTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context()) // a RoundTripper must not change its request
+	r.Header.Set(pushHeader, p.key)
+	return p.next.RoundTrip(r)
 }

@@ -10,6 +10,10 @@
 // Go clients bypass proxies for loopback names, so clients must name the
 // upstream by a fake host (Host, "registry.test:PORT") and map it to Addr
 // with a dial override (Transport, or regproxy's --resolve flag via Resolve).
+//
+// With WithHub the same listener plays Docker Hub for end-to-end tests with
+// real clients: bearer tokens from a token server on AuthHost, and blob GETs
+// redirected to a CDN on CDNHost (map all three names with Resolves).
 package testupstream
 
 import (
@@ -44,14 +48,18 @@ type Upstream struct {
 	pool      *x509.CertPool
 	registry  http.Handler
 	transport *http.Transport
+	hub       *hub              // nil unless WithHub
+	pushRT    http.RoundTripper // what Push uses: transport, plus pushHeader in hub mode
 
 	// fault runs before the registry; nil means no fault.
 	fault atomic.Pointer[Fault]
 
-	mu    sync.Mutex       // guards kinds, paths and total
-	kinds map[string]int64 // "GET blob" → count
-	paths map[string]int64 // "GET /v2/repo/manifests/tag" → count
-	total int64
+	mu      sync.Mutex       // guards kinds, paths, hosts, total and cdnAuth
+	kinds   map[string]int64 // "GET blob" → count
+	paths   map[string]int64 // "GET /v2/repo/manifests/tag" → count
+	hosts   map[string]int64 // "registry.test" → count
+	total   int64
+	cdnAuth int64 // requests to cdn.test with an Authorization header
 }
 
 // Option configures Start.
@@ -59,6 +67,7 @@ type Option func(*config)
 
 type config struct {
 	hostName string
+	hub      bool
 }
 
 // WithHostName makes Host use name instead of "registry.test". The name must
@@ -80,6 +89,9 @@ func Start(t testing.TB, opts ...Option) *Upstream {
 	if !slices.Contains(certNames, cfg.hostName) {
 		t.Fatalf("testupstream: host name %q is not in the certificate %v", cfg.hostName, certNames)
 	}
+	if cfg.hub && (cfg.hostName == authName || cfg.hostName == cdnName) {
+		t.Fatalf("testupstream: hub mode needs %s and %s for itself, not as Host", authName, cdnName)
+	}
 	p, err := newPKI()
 	if err != nil {
 		t.Fatalf("testupstream: %v", err)
@@ -96,6 +108,7 @@ func Start(t testing.TB, opts ...Option) *Upstream {
 		registry: registry.New(registry.Logger(quiet)),
 		kinds:    map[string]int64{},
 		paths:    map[string]int64{},
+		hosts:    map[string]int64{},
 	}
 	_, u.Port, _ = net.SplitHostPort(u.Addr)
 	u.Host = net.JoinHostPort(cfg.hostName, u.Port)
@@ -105,6 +118,11 @@ func Start(t testing.TB, opts ...Option) *Upstream {
 		t.Fatalf("testupstream: %v", err)
 	}
 	u.transport = u.newTransport()
+	u.pushRT = u.transport
+	if cfg.hub {
+		u.hub = newHub(u, cfg.hostName)
+		u.pushRT = &pushTransport{key: u.hub.pushKey, next: u.transport}
+	}
 
 	srv := &httptest.Server{
 		Listener: ln,
@@ -129,8 +147,9 @@ func (u *Upstream) CertPool() *x509.CertPool { return u.pool.Clone() }
 
 // Transport returns a transport that trusts only the fixture CA, uses no
 // proxy and dials Addr for any certificate DNS name at Port (so
-// "registry2.test:PORT" works too). It refuses every other address. Its idle
-// connections are closed when the test ends.
+// "registry2.test:PORT", and in hub mode AuthHost and CDNHost, work too). It
+// refuses every other address. It adds no credentials. Its idle connections
+// are closed when the test ends.
 func (u *Upstream) Transport() *http.Transport { return u.transport }
 
 // Client returns an http.Client over Transport.
@@ -153,13 +172,21 @@ func (u *Upstream) newTransport() *http.Transport {
 
 // serve counts the request, then gives the fault hook, if any, the first
 // chance to answer it. Counting first means a faulted request still counts.
+// In hub mode the request's host picks the handler, and its role goes into
+// the context for Kind.
 func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
+	next := u.registry
+	if u.hub != nil {
+		var ro role
+		ro, next = u.hub.route(r)
+		r = r.WithContext(context.WithValue(r.Context(), roleKey{}, ro))
+	}
 	u.count(r)
 	if f := u.fault.Load(); f != nil {
-		r = r.WithContext(context.WithValue(r.Context(), nextKey{}, u.registry))
+		r = r.WithContext(context.WithValue(r.Context(), nextKey{}, next))
 		if (*f)(w, r) {
 			return
 		}
 	}
-	u.registry.ServeHTTP(w, r)
+	next.ServeHTTP(w, r)
 }
