@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/internal/testupstream"
 	"github.com/regproxy/regproxy/proxy"
+	"github.com/regproxy/regproxy/upstreamauth"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -59,11 +61,13 @@ type env struct {
 	registries []string
 	// upstreamProxy, when set, is passed to the proxy; start reads it.
 	upstreamProxy *url.URL
+	// creds are the proxy's configured upstream credentials.
+	creds upstreamauth.Keyring
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, opts ...testupstream.Option) *env {
 	t.Helper()
-	e := &env{t: t, up: testupstream.Start(t), dataDir: t.TempDir(),
+	e := &env{t: t, up: testupstream.Start(t, opts...), dataDir: t.TempDir(),
 		clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, ttl: time.Hour,
 		registries: []string{"registry.test"}}
 	e.start()
@@ -83,14 +87,18 @@ func (e *env) start(extraResolve ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resolve := map[string]string{e.up.Host: e.up.Addr}
+	resolve := map[string]string{}
+	for _, r := range e.up.Resolves() {
+		from, to, _ := strings.Cut(r, "=")
+		resolve[from] = to
+	}
 	for i := 0; i+1 < len(extraResolve); i += 2 {
 		resolve[extraResolve[i]] = extraResolve[i+1]
 	}
 	p, err := proxy.New(proxy.Config{
 		CA: authority, Store: store, Registries: e.registries,
 		Resolve: resolve, UpstreamRoots: e.up.CertPool(), ManifestTTL: e.ttl,
-		Now: e.clock.Now, Logger: testLogger(t), UpstreamProxy: e.upstreamProxy,
+		Now: e.clock.Now, Logger: testLogger(t), UpstreamProxy: e.upstreamProxy, Credentials: e.creds,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ func (p *Proxy) newPassthrough() *httputil.ReverseProxy {
 			// upstream directly.
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     p.limiter,
+		Transport:     p.upstream,
 		FlushInterval: -1, // stream as it comes: uploads, large tag lists
 		ErrorLog:      nil,
 		ErrorHandler:  p.passError,

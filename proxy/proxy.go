@@ -20,6 +20,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/fill"
+	"github.com/regproxy/regproxy/upstreamauth"
 )
 
 // CertSource mints leaf certificates for intercepted hosts and hands out
@@ -44,6 +45,10 @@ type Config struct {
 	// reaches every upstream (CONNECT), for interceptions and tunnels alike.
 	// Nil means direct; the environment's HTTPS_PROXY is never used.
 	UpstreamProxy *url.URL
+	// Credentials are used upstream for requests whose client sent no
+	// Authorization: the proxy then performs the token exchange itself.
+	// Nil means none.
+	Credentials upstreamauth.Keyring
 	// UpstreamRoots verifies upstream TLS. Nil means the system roots.
 	UpstreamRoots *x509.CertPool
 	// ManifestTTL is how long a manifest fetched by tag is served without
@@ -65,6 +70,7 @@ type Proxy struct {
 	dial        *dialer
 	transport   *http.Transport        // dials upstreams; owns the idle connections
 	limiter     *rateLimiter           // wraps transport; every upstream request goes through it
+	upstream    http.RoundTripper      // credentials over limiter: what fetches and pass-throughs use
 	fetch       *http.Client           // follows redirects, for fills
 	pass        *httputil.ReverseProxy // for everything not cached
 	fills       *fill.Group
@@ -99,8 +105,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.setDefaults()
 	p.transport = newTransport(p.dial, cfg.UpstreamRoots)
+	// Credentials sit above the rate limiter, so that token requests honour
+	// a host's Retry-After too.
 	p.limiter = newRateLimiter(p.transport, p.now)
-	p.fetch = newFetchClient(p.limiter)
+	p.upstream = upstreamauth.New(p.limiter, cfg.Credentials, upstreamauth.Options{Now: p.now, Logger: p.log})
+	p.fetch = newFetchClient(p.upstream)
 	p.pass = p.newPassthrough()
 	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout, Logger: p.log})
 	p.manifests = newManifestCache(cfg.Store)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/regproxy/regproxy/upstreamauth"
 )
 
 const defaultRegistries = "docker.io quay.io gcr.io nvcr.io registry.k8s.io ghcr.io"
@@ -46,6 +48,9 @@ func serveFlags() []cli.Flag {
 			Usage: "registries to intercept and cache, space- or comma-separated; host (any port) or host:port"},
 		&cli.StringFlag{Name: "upstream-proxy", EnvVars: env("upstream-proxy"),
 			Usage: "http://[USER:PASS@]HOST:PORT of a proxy for regproxy's own upstream traffic (HTTPS_PROXY is never used)"},
+		&cli.StringSliceFlag{Name: "auth-registry", EnvVars: env("auth-registry"),
+			Usage: "HOST=USER:PASSWORD: credentials regproxy uses upstream when a client sends none (repeatable)"},
+		&cli.StringFlag{Name: "auth-file", EnvVars: env("auth-file"), Usage: "docker config.json whose \"auths\" regproxy uses upstream"},
 		&cli.StringFlag{Name: "upstream-ca", EnvVars: env("upstream-ca"), Usage: "PEM file of extra roots for upstream TLS"},
 		&cli.StringSliceFlag{Name: "resolve", EnvVars: env("resolve"), Usage: "HOST:PORT=IP:PORT: dial IP:PORT for HOST:PORT (repeatable)"},
 		&cli.StringFlag{Name: "manifest-ttl", Value: "1h", EnvVars: env("manifest-ttl", "MANIFEST_CACHE_DEFAULT_TIME"),
@@ -159,4 +164,28 @@ func redact(s string) string {
 		return u.Redacted()
 	}
 	return s
+}
+
+// loadCredentials merges, lowest precedence first: AUTH_REGISTRIES (the
+// format of rpardini/docker-registry-proxy), --auth-file, --auth-registry.
+func loadCredentials(c *cli.Context) (upstreamauth.Keyring, error) {
+	keys, err := upstreamauth.ParseAuthRegistries(os.Getenv("AUTH_REGISTRIES"))
+	if err != nil {
+		return nil, cli.Exit(err.Error(), 2) // the message names AUTH_REGISTRIES
+	}
+	if file := c.String("auth-file"); file != "" {
+		fromFile, err := upstreamauth.LoadDockerConfig(file)
+		if err != nil {
+			return nil, badFlag("auth-file", err)
+		}
+		keys = upstreamauth.Merge(keys, fromFile)
+	}
+	for _, v := range c.StringSlice("auth-registry") {
+		host, cred, err := upstreamauth.ParseFlag(v)
+		if err != nil {
+			return nil, cli.Exit(err.Error(), 2) // the message names --auth-registry
+		}
+		keys = upstreamauth.Merge(keys, upstreamauth.Keyring{host: cred})
+	}
+	return keys, nil
 }

@@ -82,6 +82,9 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 	if cfg.Resolve, err = parseResolve(c.StringSlice("resolve")); err != nil {
 		return cfg, badFlag("resolve", err)
 	}
+	if cfg.Credentials, err = loadCredentials(c); err != nil {
+		return cfg, err
+	}
 	if cfg.UpstreamProxy, err = parseUpstreamProxy(c.String("upstream-proxy")); err != nil {
 		return cfg, badFlag("upstream-proxy", err)
 	}
