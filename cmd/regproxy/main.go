@@ -43,6 +43,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		ErrWriter:      stderr,
 		OnUsageError:   usageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run reports errors and exits
+		Action:         unknownCommand,
 		Commands: []*cli.Command{
 			serveCommand(),
 			caCommand(),
@@ -67,4 +68,14 @@ func usageError(_ *cli.Context, err error, _ bool) error {
 // badFlag reports an invalid flag value: one line naming the flag, exit 2.
 func badFlag(name string, err error) error {
 	return cli.Exit(fmt.Sprintf("--%s: %v", name, err), 2)
+}
+
+// unknownCommand is the action of commands that only group others, the app
+// included. Without it urfave/cli answers a mistyped command with exit code
+// 3, outside run's contract.
+func unknownCommand(c *cli.Context) error {
+	if c.Args().Present() {
+		return cli.Exit(fmt.Sprintf("unknown command %q", c.Args().First()), 2)
+	}
+	return cli.ShowSubcommandHelp(c)
 }
