@@ -17,6 +17,7 @@ const (
 	outcomeRevalidated = "REVALIDATED" // expired copy confirmed by a HEAD upstream
 	outcomePass        = "PASS"        // passed through, not cacheable
 	outcomeError       = "ERROR"       // answered with an error by regproxy
+	outcomeLocal       = "LOCAL"       // a page of regproxy's own (/ca.crt, /healthz)
 )
 
 // reqInfo is what a handler tells the access log about its request.

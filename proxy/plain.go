@@ -8,6 +8,7 @@ import (
 // servePlain answers plain HTTP requests on the proxy port: the CA for
 // nodes to trust, a health check, and a short description.
 func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
+	setOutcome(r, outcomeLocal)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)

@@ -15,6 +15,14 @@ var dockerHubHosts = []string{
 	"production.cloudflare.docker.com", "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
 }
 
+// CheckRegistries validates allow-list entries ("host" or "host:port")
+// the way New does, so that a command line can be checked before anything
+// touches the disk.
+func CheckRegistries(entries []string) error {
+	_, err := parseAllowList(entries)
+	return err
+}
+
 // allowList decides which CONNECT targets are intercepted.
 type allowList struct {
 	anyPort map[string]bool // host → intercepted on every port

@@ -95,6 +95,9 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 	if len(cfg.Registries) == 0 {
 		return cfg, badFlag("registries", fmt.Errorf("empty list"))
 	}
+	if err := proxy.CheckRegistries(cfg.Registries); err != nil {
+		return cfg, badFlag("registries", err)
+	}
 	if cfg.Logger, err = newLogger(c.String("log-format"), c.String("log-level"), c.App.ErrWriter); err != nil {
 		return cfg, err
 	}
@@ -120,7 +123,7 @@ func serve(c *cli.Context) error {
 	}
 	p, err := proxy.New(cfg)
 	if err != nil {
-		return badFlag("registries", err)
+		return cli.Exit(err.Error(), 1)
 	}
 	ln, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
