@@ -8,6 +8,12 @@ set -euo pipefail
 
 deps=(
 	"skopeo:skopeo"
+	# The client matrix (cmd/regproxy/*_test.go) drives real daemons and
+	# clients. A docker CLI alone may be on PATH; the daemon is what counts.
+	"dockerd:docker.io"
+	"ctr:containerd"
+	"podman:podman"
+	"curl:curl"
 	# go test -race needs cgo, which needs a C compiler and libc headers.
 	"gcc:gcc libc6-dev"
 )
