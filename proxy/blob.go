@@ -19,6 +19,9 @@ import (
 // waited on were abandoned (their leaders got an error status upstream).
 const maxJoinAttempts = 3
 
+// maxErrorBody bounds the upstream error body relayed for a blob request.
+const maxErrorBody = 64 << 10
+
 // serveBlob answers GET and HEAD of a blob: from the store on a hit, else
 // by joining (or starting) the one fill for that digest.
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
@@ -114,10 +117,13 @@ func (p *Proxy) startFill(w http.ResponseWriter, r *http.Request, f *fill.Fill) 
 		return true, errUpstream(target, err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		// Read the (small) error body before Abandon ends the fill's
+		// context, under which it arrives.
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
 		f.Abandon()
-		defer resp.Body.Close()
 		setOutcome(r, outcomePass)
-		copyResponse(w, resp)
+		relayBody(w, resp, body)
 		return true, nil
 	}
 	body := fill.Body{Reader: resp.Body, Size: resp.ContentLength}

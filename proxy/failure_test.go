@@ -202,3 +202,23 @@ func TestFillContinuesAfterClientLeaves(t *testing.T) {
 		t.Fatalf("%d upstream blob GETs; want 1: the fill went on without its client", n)
 	}
 }
+
+func TestLargeUpstreamErrorBodyIsRelayed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	big := bytes.Repeat([]byte("x"), 40<<10) // more than the transport reads with the headers
+	e.up.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if testupstream.Kind(r) != "GET blob" {
+			return false
+		}
+		w.WriteHeader(http.StatusForbidden)
+		w.(http.Flusher).Flush()
+		time.Sleep(50 * time.Millisecond) // the body arrives after the headers
+		w.Write(big)
+		return true
+	})
+	resp, body := e.get(e.client(), "GET", "/v2/r/blobs/sha256:"+fmt.Sprintf("%064x", 1))
+	if resp.StatusCode != http.StatusForbidden || !bytes.Equal(body, big) {
+		t.Fatalf("status %d, %d body bytes; want upstream's 403 with its %d-byte body", resp.StatusCode, len(body), len(big))
+	}
+}
