@@ -53,7 +53,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath
 // a stale one is revalidated with a HEAD, which Docker Hub does not count
 // against its pull limit. A HEAD of a tag that is not fresh passes up.
 func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) error {
-	key := tagRecordKey(targetOf(r), rp.Name, rp.Reference, normalizeAccept(r.Header))
+	key := tagKeyOf(r, rp)
 	rec, m, err := p.manifests.loadTag(r.Context(), key)
 	switch {
 	case err == nil && p.now().Before(rec.Validated.Add(p.manifestTTL)):
@@ -182,10 +182,10 @@ func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
 	if !rp.IsTag() {
 		return
 	}
-	accept := normalizeAccept(r.Header)
-	rec := tagRecord{Registry: targetOf(r), Repository: rp.Name, Tag: rp.Reference, Accept: accept,
+	registry, repo := canonicalRepo(targetOf(r), rp.Name)
+	rec := tagRecord{Registry: registry, Repository: repo, Tag: rp.Reference, Accept: normalizeAccept(r.Header),
 		Digest: m.Digest, Validated: p.now()}
-	if err := p.manifests.saveTag(ctx, tagRecordKey(rec.Registry, rec.Repository, rec.Tag, accept), rec); err != nil {
+	if err := p.manifests.saveTag(ctx, tagKeyOf(r, rp), rec); err != nil {
 		p.log.Warn("cache tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
 	}
 }
@@ -224,4 +224,10 @@ func isSchema1(m *cachedManifest) bool {
 		SchemaVersion int `json:"schemaVersion"`
 	}
 	return json.Unmarshal(m.Body, &v) == nil && v.SchemaVersion == 1
+}
+
+// tagKeyOf is the key of the tag record a request reads or writes.
+func tagKeyOf(r *http.Request, rp regPath) string {
+	registry, repo := canonicalRepo(targetOf(r), rp.Name)
+	return tagRecordKey(registry, repo, rp.Reference, normalizeAccept(r.Header))
 }

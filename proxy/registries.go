@@ -23,6 +23,24 @@ func CheckRegistries(entries []string) error {
 	return err
 }
 
+// dockerHubAPIHosts serve Docker Hub's registry API under several names.
+var dockerHubAPIHosts = map[string]bool{"docker.io": true, "index.docker.io": true, "registry-1.docker.io": true}
+
+// canonicalRepo names a repository the same way whichever alias a client
+// used, for cache keys: Docker Hub's API hosts become registry-1.docker.io,
+// and its one-component names get their implicit "library/" (docker.io/alpine
+// is registry-1.docker.io/v2/library/alpine).
+func canonicalRepo(target, name string) (registry, repo string) {
+	host, port, err := net.SplitHostPort(strings.ToLower(target))
+	if err != nil || !dockerHubAPIHosts[host] {
+		return strings.ToLower(target), name
+	}
+	if !strings.Contains(name, "/") {
+		name = "library/" + name
+	}
+	return net.JoinHostPort("registry-1.docker.io", port), name
+}
+
 // allowList decides which CONNECT targets are intercepted.
 type allowList struct {
 	anyPort map[string]bool // host → intercepted on every port
