@@ -292,3 +292,33 @@ func TestPullWhileUpstreamIsDown(t *testing.T) {
 		t.Fatalf("offline pull digest %s; want %s", got, want)
 	}
 }
+
+// TestTagByHeadThenDigest follows dockerd and containerd: they HEAD the tag,
+// then GET the manifest by digest. The tag must still come from the cache
+// once the manifest is there, and from a stale record when upstream fails.
+func TestTagByHeadThenDigest(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c := e.client()
+	img := e.up.RandomImage(t, 1, 1000)
+	e.up.Push(t, "r", "v1", img)
+	want, _ := img.Digest()
+	head := func(step string, wantStatus int, wantHEADs int64) {
+		t.Helper()
+		e.up.ResetCounts()
+		resp, _ := e.get(c, "HEAD", "/v2/r/manifests/v1")
+		if resp.StatusCode != wantStatus || (wantStatus == 200 && resp.Header.Get("Docker-Content-Digest") != want.String()) {
+			t.Fatalf("%s: HEAD %d digest %q; want %d %s", step, resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), wantStatus, want)
+		}
+		if n := e.up.Count("HEAD manifest"); n != wantHEADs {
+			t.Fatalf("%s: %d upstream HEADs; want %d", step, n, wantHEADs)
+		}
+	}
+	head("cold", 200, 1)
+	e.get(c, "GET", "/v2/r/manifests/"+want.String())
+	head("manifest cached by digest, tag recorded now", 200, 1)
+	head("fresh record", 200, 0)
+	e.clock.Advance(e.ttl + time.Second)
+	e.up.SetFault(testupstream.FailWith(http.StatusServiceUnavailable))
+	head("stale record, upstream down", 200, 1)
+}

@@ -49,26 +49,25 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath
 	return p.fetchManifest(w, r, rp, nil)
 }
 
-// serveTag answers a manifest by tag. A fresh record is served as it is;
-// a stale one is revalidated with a HEAD, which Docker Hub does not count
-// against its pull limit. A HEAD of a tag that is not fresh passes up.
+// serveTag answers a manifest by tag. A fresh record is served as it is.
+// Otherwise upstream is asked with a HEAD, which Docker Hub does not count
+// against its pull limit, unless this is a GET with no record at all.
 func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) error {
 	key := tagKeyOf(r, rp)
 	rec, m, err := p.manifests.loadTag(r.Context(), key)
+	if err != nil {
+		p.logCacheError(err, rp)
+		m = nil
+	}
 	switch {
-	case err == nil && p.now().Before(rec.Validated.Add(p.manifestTTL)):
+	case m != nil && p.now().Before(rec.Validated.Add(p.manifestTTL)):
 		setOutcome(r, outcomeHit)
 		writeManifest(w, r, m)
 		return nil
-	case r.Method == http.MethodHead:
-		setOutcome(r, outcomePass)
-		p.pass.ServeHTTP(w, r)
-		return nil
-	case err != nil:
-		p.logCacheError(err, rp)
+	case m == nil && r.Method == http.MethodGet:
 		return p.fetchManifest(w, r, rp, nil)
 	}
-	return p.revalidate(w, r, rp, key, rec, m)
+	return p.revalidate(w, r, rp, key, m)
 }
 
 func (p *Proxy) logCacheError(err error, rp regPath) {
@@ -77,28 +76,64 @@ func (p *Proxy) logCacheError(err error, rp regPath) {
 	}
 }
 
-// revalidate asks upstream whether a stale tag still names the same
-// digest. Same digest: the record is refreshed and served. Upstream
-// unreachable, 429 or 5xx: the stale copy is served. Anything else: a GET.
-func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, key string, rec tagRecord, m *cachedManifest) error {
+// revalidate asks upstream with a HEAD which digest a tag names now. If
+// the cache holds that manifest, the tag record is (re)written and the
+// cached copy served: this is how clients that HEAD a tag and then GET by
+// digest (dockerd, containerd) get tags from the cache too. If upstream is
+// unreachable, 429 or 5xx, the stale copy is served when there is one.
+// Otherwise a GET goes upstream, and a HEAD gets upstream's answer.
+func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, key string, stale *cachedManifest) error {
 	resp, err := p.fetch.Do(upstreamRequest(r.Context(), r, targetOf(r), http.MethodHead))
 	if err == nil {
 		resp.Body.Close()
 	}
-	if err != nil || unhealthy(resp.StatusCode) {
-		p.serveStale(w, r, rp, m, resp, err)
+	if stale != nil && (err != nil || unhealthy(resp.StatusCode)) {
+		p.serveStale(w, r, rp, stale, resp, err)
 		return nil
 	}
-	if resp.StatusCode == http.StatusOK && resp.Header.Get("Docker-Content-Digest") == rec.Digest.String() {
-		rec.Validated = p.now()
-		if err := p.manifests.saveTag(r.Context(), key, rec); err != nil {
-			p.log.Warn("refresh tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		if m := p.cachedByDigest(r, resp.Header.Get("Docker-Content-Digest")); m != nil {
+			p.saveTagRecord(r, rp, key, m.Digest)
+			setOutcome(r, outcomeRevalidated)
+			writeManifest(w, r, m)
+			return nil
 		}
-		setOutcome(r, outcomeRevalidated)
-		writeManifest(w, r, m)
+	}
+	if r.Method == http.MethodGet {
+		return p.fetchManifest(w, r, rp, stale)
+	}
+	if err != nil {
+		return errUpstream(targetOf(r), err)
+	}
+	setOutcome(r, outcomePass)
+	relayHead(w, resp)
+	return nil
+}
+
+// cachedByDigest returns the cached manifest with the digest upstream
+// announced, or nil.
+func (p *Proxy) cachedByDigest(r *http.Request, announced string) *cachedManifest {
+	d, err := digest.Parse(announced)
+	if err != nil {
 		return nil
 	}
-	return p.fetchManifest(w, r, rp, m)
+	m, err := p.manifests.load(r.Context(), d)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// relayHead sends upstream's answer to a HEAD: status and headers.
+func relayHead(w http.ResponseWriter, resp *http.Response) {
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = append([]string(nil), vv...)
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	w.WriteHeader(resp.StatusCode)
 }
 
 // unhealthy reports upstream answers that a stale copy may stand in for.
@@ -174,18 +209,21 @@ func (p *Proxy) cacheAndRelay(w http.ResponseWriter, r *http.Request, rp regPath
 }
 
 func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
-	ctx := r.Context()
-	if err := p.manifests.save(ctx, m); err != nil {
+	if err := p.manifests.save(r.Context(), m); err != nil {
 		p.log.Warn("cache manifest", "digest", m.Digest, "err", err)
 		return
 	}
-	if !rp.IsTag() {
-		return
+	if rp.IsTag() {
+		p.saveTagRecord(r, rp, tagKeyOf(r, rp), m.Digest)
 	}
+}
+
+// saveTagRecord records that the tag names d as of now.
+func (p *Proxy) saveTagRecord(r *http.Request, rp regPath, key string, d digest.Digest) {
 	registry, repo := canonicalRepo(targetOf(r), rp.Name)
 	rec := tagRecord{Registry: registry, Repository: repo, Tag: rp.Reference, Accept: normalizeAccept(r.Header),
-		Digest: m.Digest, Validated: p.now()}
-	if err := p.manifests.saveTag(ctx, tagKeyOf(r, rp), rec); err != nil {
+		Digest: d, Validated: p.now()}
+	if err := p.manifests.saveTag(r.Context(), key, rec); err != nil {
 		p.log.Warn("cache tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
 	}
 }
