@@ -111,17 +111,23 @@ type daemon struct {
 // then exit 0 within stopTimeout.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, nil, args...)
+}
+
+// startDaemonEnv is startDaemon with extra environment ("NAME=value").
+func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{log: &syncBuffer{}, exited: make(chan struct{})}
 	cmd := exec.Command(binary, append([]string{"serve", "--listen", "127.0.0.1:0",
 		"--data-dir", t.TempDir(), "--log-format", "json"}, args...)...)
-	cmd.Env = []string{
+	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + t.TempDir(),
 		// regproxy must never send its own traffic through a proxy of its
 		// environment (nodes often share one environment file with it):
 		// these point at the discard port, where nothing listens.
 		"HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9",
-	}
+	}, env...)
 	cmd.Stdout, cmd.Stderr = d.log, d.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -34,8 +34,23 @@ type hubImage struct {
 // Ref is the reference a client pulls: registry.test:PORT/repo:tag.
 func (i hubImage) Ref(s *hubSetup) string { return s.up.Host + "/" + i.Repo + ":" + i.Tag }
 
+// hubDaemonConfig is what a test adds to the regproxy of a hub setup.
+type hubDaemonConfig struct {
+	Flags []string
+	Env   []string // "NAME=value", on top of startDaemon's environment
+}
+
 // newHubSetup pushes the images and starts regproxy with extra flags.
 func newHubSetup(t *testing.T, extraFlags ...string) *hubSetup {
+	t.Helper()
+	return newHubSetupWith(t, func(*testing.T, *testupstream.Upstream) hubDaemonConfig {
+		return hubDaemonConfig{Flags: extraFlags}
+	})
+}
+
+// newHubSetupWith is newHubSetup for daemons whose configuration needs the
+// upstream (its port, say): configure runs after the upstream started.
+func newHubSetupWith(t *testing.T, configure func(*testing.T, *testupstream.Upstream) hubDaemonConfig) *hubSetup {
 	t.Helper()
 	up := testupstream.Start(t, testupstream.WithHub())
 	s := &hubSetup{up: up}
@@ -53,7 +68,8 @@ func newHubSetup(t *testing.T, extraFlags ...string) *hubSetup {
 	for _, r := range up.Resolves() {
 		args = append(args, "--resolve", r)
 	}
-	s.d = startDaemon(t, append(args, extraFlags...)...)
+	cfg := configure(t, up)
+	s.d = startDaemonEnv(t, cfg.Env, append(args, cfg.Flags...)...)
 	s.caFile = s.fetchCA(t)
 	up.ResetCounts()
 	return s

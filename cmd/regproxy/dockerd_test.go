@@ -1,0 +1,358 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Bounds of the dockerd test's waits.
+const (
+	dockerdStartTimeout = 60 * time.Second // until `docker version` answers
+	dockerdStopTimeout  = 20 * time.Second // from SIGTERM to exit
+	dockerPullTimeout   = 3 * time.Minute  // one `docker pull`
+	dockerCmdTimeout    = 30 * time.Second // any other docker command
+)
+
+// TestDockerdPull pulls an image and a multi-arch index with a real dockerd
+// whose only proxy settings are those of a systemd drop-in. Then it empties
+// dockerd's store and pulls both again: the second pull must be served by
+// regproxy's cache, which the upstream's blob counters prove.
+func TestDockerdPull(t *testing.T) {
+	t.Parallel()
+	bin, cli := lookDocker(t)
+	s := newHubSetup(t)
+	dk := startDockerd(t, bin, cli, s.ProxyEnv())
+	images := []hubImage{s.Image, s.Index}
+
+	for _, img := range images {
+		dk.pull(t, s, img)
+	}
+	before := s.BlobFetches()
+	if before == 0 {
+		t.Fatal("first pull: no blob fetches upstream; the second pull would prove nothing")
+	}
+	dk.removeAll(t, s, images)
+
+	skip := s.d.lines()
+	for _, img := range images {
+		if out := dk.pull(t, s, img); strings.Contains(out, "Already exists") {
+			t.Errorf("second pull of %s reused local layers after removeAll:\n%s", img.Ref(s), out)
+		}
+	}
+	s.AssertNoBlobFetchesSince(t, before, "dockerd second pull")
+	if !s.d.waitLogged(skip, func(e logEntry) bool {
+		return e.Method == "GET" && e.Outcome == "HIT" && strings.HasPrefix(e.Ref, "sha256:")
+	}) {
+		t.Error(`dockerd second pull: no "outcome":"HIT" GET by digest in regproxy's log`)
+	}
+}
+
+// dockerd is a private docker daemon: its own data root, exec root,
+// socket, managed containerd and key, none shared with a system dockerd.
+type dockerd struct {
+	dir     string // short (unix socket paths are limited to 108 bytes)
+	host    string // "unix://DIR/docker.sock", the CLI's -H
+	cli     string // the docker CLI
+	cliEnv  []string
+	logFile string // dockerd's and its containerd's stdout and stderr
+	pgid    int    // dockerd's process group
+	exited  chan struct{}
+	err     error // Wait's result; read after exited is closed
+}
+
+// startDockerd starts the dockerd at bin with env (PATH is added) and
+// waits until the docker CLI at cli gets an answer. It is stopped when the
+// test ends, failed or not.
+func startDockerd(t *testing.T, bin, cli string, env []string) *dockerd {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "dkr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove dockerd's dir: %v", err)
+		}
+	})
+	dk := &dockerd{
+		dir: dir, host: "unix://" + filepath.Join(dir, "docker.sock"), cli: cli,
+		cliEnv: []string{
+			"PATH=" + os.Getenv("PATH"),
+			"HOME=" + dir,
+			"DOCKER_CONFIG=" + filepath.Join(dir, "cli"), // absent: no credentials, no helpers
+		},
+		logFile: filepath.Join(dir, "dockerd.log"),
+		exited:  make(chan struct{}),
+	}
+	cmd := exec.Command(bin, dk.args(t)...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	log, err := os.Create(dk.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file, not a pipe: the managed containerd inherits it, and a pipe
+	// would keep Wait waiting for containerd too.
+	cmd.Stdout, cmd.Stderr = log, log
+	err = cmd.Start()
+	log.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk.pgid = cmd.Process.Pid
+	go func() { dk.err = cmd.Wait(); close(dk.exited) }()
+	t.Cleanup(func() { dk.stop(t) })
+	dk.waitReady(t)
+	return dk
+}
+
+// lookDocker fails, never skips, when dockerd or the CLI is missing or
+// dockerd cannot run: a skipped end-to-end test is a silent pass.
+func lookDocker(t *testing.T) (bin, cli string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("dockerd needs root: run the tests as root")
+	}
+	bin, err := exec.LookPath("dockerd")
+	if err != nil {
+		t.Fatal("dockerd missing: run make test-deps (scripts/install-test-deps.sh)")
+	}
+	cli, err = exec.LookPath("docker")
+	if err != nil {
+		t.Fatal("docker CLI missing: run make test-deps (scripts/install-test-deps.sh)")
+	}
+	return bin, cli
+}
+
+// args are the flags of a systemd unit, plus isolation: a config file that
+// keeps the trust key out of /etc/docker, and containerd namespaces of its
+// own. Without --containerd, dockerd starts its own containerd under
+// exec-root.
+func (dk *dockerd) args(t *testing.T) []string {
+	t.Helper()
+	config := filepath.Join(dk.dir, "daemon.json")
+	b, err := json.Marshal(map[string]string{"deprecated-key-path": filepath.Join(dk.dir, "key.json")})
+	if err == nil {
+		err = os.WriteFile(config, b, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := "regproxy-" + filepath.Base(dk.dir)
+	return []string{
+		"--config-file", config,
+		"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+		"--data-root", filepath.Join(dk.dir, "data"), "--exec-root", filepath.Join(dk.dir, "exec"),
+		"--pidfile", filepath.Join(dk.dir, "docker.pid"), "-H", dk.host,
+		"--containerd-namespace", ns, "--containerd-plugins-namespace", ns + "-plugins",
+	}
+}
+
+// waitReady polls `docker version` until the daemon answers.
+func (dk *dockerd) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(dockerdStartTimeout)
+	for {
+		_, err := dk.docker(t.Context(), 5*time.Second, "version")
+		if err == nil {
+			return
+		}
+		select {
+		case <-dk.exited:
+			t.Fatalf("dockerd exited while starting: %v", dk.err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dockerd not answering after %v: %v", dockerdStartTimeout, err)
+		}
+	}
+}
+
+// docker runs the CLI against this daemon and returns its stdout; the
+// error carries stderr.
+func (dk *dockerd) docker(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, dk.cli, append([]string{"-H", dk.host}, args...)...)
+	cmd.Env = dk.cliEnv
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("docker %s: %w\n%s%s", strings.Join(args, " "), err, &stdout, &stderr)
+	}
+	return stdout.String(), nil
+}
+
+// pull pulls img, checks the digest dockerd reports and records, and
+// returns the pull's output.
+func (dk *dockerd) pull(t *testing.T, s *hubSetup, img hubImage) string {
+	t.Helper()
+	ref := img.Ref(s)
+	out, err := dk.docker(t.Context(), dockerPullTimeout, "pull", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "Digest: "+img.Digest) {
+		t.Errorf("docker pull %s: no %q line in its output:\n%s", ref, "Digest: "+img.Digest, out)
+	}
+	js, err := dk.docker(t.Context(), dockerCmdTimeout, "image", "inspect", "--format", "{{json .RepoDigests}}", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := json.Unmarshal([]byte(js), &got); err != nil {
+		t.Fatalf("RepoDigests of %s: %v in %q", ref, err, js)
+	}
+	if want := s.up.Host + "/" + img.Repo + "@" + img.Digest; !slices.Contains(got, want) {
+		t.Errorf("RepoDigests of %s = %q, want %q", ref, got, want)
+	}
+	return out
+}
+
+// removeAll removes images and anything else in dockerd's image store,
+// and checks that the store is empty.
+func (dk *dockerd) removeAll(t *testing.T, s *hubSetup, images []hubImage) {
+	t.Helper()
+	rmi := []string{"rmi", "-f"}
+	for _, img := range images {
+		rmi = append(rmi, img.Ref(s))
+	}
+	for _, args := range [][]string{rmi, {"image", "prune", "-af"}} {
+		if _, err := dk.docker(t.Context(), dockerCmdTimeout, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := dk.docker(t.Context(), dockerCmdTimeout, "images", "-aq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := strings.TrimSpace(out); ids != "" {
+		t.Fatalf("docker images -aq after rmi and prune: %q, want none", ids)
+	}
+}
+
+// stop sends SIGTERM to dockerd's process group and SIGKILL if it has not
+// exited within dockerdStopTimeout. Then it makes sure that the containerd
+// dockerd started (in a session of its own) is gone and that nothing is
+// left mounted under dk.dir, and prints dockerd's log if the test failed.
+func (dk *dockerd) stop(t *testing.T) {
+	containerd := dk.containerdPID()
+	select {
+	case <-dk.exited:
+		t.Errorf("dockerd exited before the test ended: %v", dk.err)
+	default:
+		if err := syscall.Kill(-dk.pgid, syscall.SIGTERM); err != nil {
+			t.Errorf("SIGTERM dockerd: %v", err)
+		}
+		select {
+		case <-dk.exited:
+			if dk.err != nil {
+				t.Logf("dockerd after SIGTERM: %v", dk.err)
+			}
+		case <-time.After(dockerdStopTimeout):
+			t.Errorf("dockerd still running %v after SIGTERM; killing it", dockerdStopTimeout)
+			syscall.Kill(-dk.pgid, syscall.SIGKILL)
+			<-dk.exited
+		}
+	}
+	syscall.Kill(-dk.pgid, syscall.SIGKILL) // stragglers; ESRCH when none
+	if containerd != 0 {
+		dk.reap(t, containerd)
+	}
+	dk.unmountAll(t)
+	if t.Failed() {
+		b, _ := os.ReadFile(dk.logFile)
+		t.Logf("dockerd log (grpc lines left out):\n%s", withoutGRPC(b))
+	}
+}
+
+// containerdPID reads the pid file dockerd writes for its containerd, or
+// returns 0.
+func (dk *dockerd) containerdPID() int {
+	b, err := os.ReadFile(filepath.Join(dk.dir, "exec", "containerd", "containerd.pid"))
+	if err != nil {
+		return 0
+	}
+	var pid int
+	fmt.Sscan(string(b), &pid)
+	return pid
+}
+
+// reap waits for dockerd's containerd to exit, and kills it if it does
+// not. A process counts as gone once its command line is: zombies, which
+// init reaps, have none, and a reused PID runs another command.
+func (dk *dockerd) reap(t *testing.T, pid int) {
+	alive := func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		return bytes.Contains(b, []byte(filepath.Join(dk.dir, "exec", "containerd")))
+	}
+	for range 50 {
+		if !alive() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("dockerd's containerd (pid %d) still running after dockerd stopped; killing it", pid)
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// unmountAll unmounts, deepest first, whatever dockerd left mounted under
+// dk.dir. vfs mounts nothing, so a mount here is a leak worth reporting.
+func (dk *dockerd) unmountAll(t *testing.T) {
+	mounts, err := mountsUnder(dk.dir)
+	if err != nil {
+		t.Errorf("read mounts: %v", err)
+		return
+	}
+	slices.SortFunc(mounts, func(a, b string) int { return len(b) - len(a) })
+	for _, m := range mounts {
+		t.Errorf("dockerd left %s mounted", m)
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", m, err)
+		}
+	}
+}
+
+// mountsUnder returns the mount points at or below dir, from field 5 of
+// /proc/self/mountinfo (proc(5)).
+func mountsUnder(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		if m := fields[4]; m == dir || strings.HasPrefix(m, dir+"/") {
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
+}
+
+// withoutGRPC drops the gRPC connectivity chatter from dockerd's log.
+func withoutGRPC(log []byte) string {
+	var b strings.Builder
+	for line := range strings.Lines(string(log)) {
+		if !strings.Contains(line, "module=grpc") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
