@@ -29,6 +29,11 @@ import (
 // on its own account, e.g. by joining again.
 var ErrAbandoned = errors.New("fill: abandoned before start")
 
+// ErrFinished is returned by Fill.NewReader when the fill has already
+// ended and closed its spool file. The caller should look in the store,
+// and join again if the blob is not there.
+var ErrFinished = errors.New("fill: already finished")
+
 // Config configures a Group.
 type Config struct {
 	// Store receives verified blobs. Required.

@@ -350,3 +350,33 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not met in 10s")
 }
+
+func TestReaderAfterTheFillLetGoOfItsFile(t *testing.T) {
+	store := cachestore.NewMemory()
+	g := newGroup(t, store, 0)
+	blob, d := randomBlob(t, 100)
+	f, _, _ := g.Join(context.Background(), d)
+	f.Start(fill.Body{Reader: io.NopCloser(bytes.NewReader(blob)), Size: int64(len(blob))})
+	// A small blob can be filled and committed before the request that
+	// started it asks for a reader. Every reader NewReader hands out must
+	// read the whole blob; once the spool file is closed it says so.
+	for range 1000 {
+		r, err := f.NewReader(context.Background())
+		if errors.Is(err, fill.ErrFinished) {
+			if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); err != nil {
+				t.Fatalf("ErrFinished, but the blob is not in the store: %v", err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := readAll(t, r)
+		r.Close()
+		if err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("reader of a finishing fill: %d bytes, %v", len(got), err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the fill never let go of its spool file")
+}

@@ -24,13 +24,17 @@ func (f *Fill) Wait(ctx context.Context) error {
 func (f *Fill) Size() int64 { return f.size }
 
 // NewReader waits for the fill to start and returns a reader from byte 0,
-// however late the caller joined. ctx is the reading client's: it bounds
+// however late the caller joined. A fill that has ended and let go of its
+// spool file returns ErrFinished: the blob is then in the store, or the
+// fill failed and a new one may start. ctx is the reading client's: it bounds
 // only this reader's waits, never the fill. The caller must Close it.
 func (f *Fill) NewReader(ctx context.Context) (*Reader, error) {
 	if err := f.Wait(ctx); err != nil {
 		return nil, err
 	}
-	f.acquire()
+	if !f.acquire() {
+		return nil, ErrFinished
+	}
 	return &Reader{fill: f, ctx: ctx}, nil
 }
 

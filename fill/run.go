@@ -228,10 +228,16 @@ func (f *Fill) wake() {
 	f.notify = make(chan struct{})
 }
 
-func (f *Fill) acquire() {
+// acquire takes a reference to the spool file, unless it is already
+// closed (the fill ended and every reader let go).
+func (f *Fill) acquire() bool {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.refs == 0 {
+		return false
+	}
 	f.refs++
-	f.mu.Unlock()
+	return true
 }
 
 func (f *Fill) release() {

@@ -25,10 +25,10 @@ const maxErrorBody = 64 << 10
 // serveBlob answers GET and HEAD of a blob: from the store on a hit, else
 // by joining (or starting) the one fill for that digest.
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
-	if p.serveBlobHit(w, r, rp) {
-		return nil
-	}
 	if r.Method == http.MethodHead {
+		if p.serveBlobHit(w, r, rp) {
+			return nil
+		}
 		return p.headBlobMiss(w, r, rp)
 	}
 	return p.fillBlob(w, r, rp)
@@ -80,6 +80,9 @@ func (p *Proxy) headBlobMiss(w http.ResponseWriter, r *http.Request, rp regPath)
 // fill if there is none.
 func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
 	for range maxJoinAttempts {
+		if p.serveBlobHit(w, r, rp) {
+			return nil
+		}
 		f, leader, err := p.fills.Join(r.Context(), rp.Digest)
 		if err != nil {
 			return errUpstream(targetOf(r), err)
@@ -90,8 +93,8 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, rp regPath) err
 			}
 		}
 		rd, err := f.NewReader(r.Context())
-		if errors.Is(err, fill.ErrAbandoned) {
-			continue
+		if errors.Is(err, fill.ErrAbandoned) || errors.Is(err, fill.ErrFinished) {
+			continue // look in the store again, or start afresh
 		}
 		if err != nil {
 			return nil // the client went away while waiting
