@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -321,4 +323,42 @@ func TestTagByHeadThenDigest(t *testing.T) {
 	e.clock.Advance(e.ttl + time.Second)
 	e.up.SetFault(testupstream.FailWith(http.StatusServiceUnavailable))
 	head("stale record, upstream down", 200, 1)
+}
+
+func TestSchema1PassesThroughUncached(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	body := []byte(`{"schemaVersion":1,"name":"r","tag":"old","fsLayers":[],"history":[],"signatures":[]}`)
+	e.up.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if testupstream.Kind(r) != "GET manifest" {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v1+prettyjws")
+		w.Write(body)
+		return true
+	})
+	c := e.client()
+	for i := range 2 {
+		resp, got := e.get(c, "GET", "/v2/r/manifests/old")
+		if resp.StatusCode != 200 || !bytes.Equal(got, body) {
+			t.Fatalf("GET %d: %d %q", i, resp.StatusCode, got)
+		}
+	}
+	if n := e.up.Count("GET manifest"); n != 2 {
+		t.Fatalf("%d upstream GETs for two requests of a schema 1 manifest; want 2 (never cached)", n)
+	}
+	assertNoManifestFiles(t, e)
+}
+
+// assertNoManifestFiles checks that nothing was stored for manifests.
+func assertNoManifestFiles(t *testing.T, e *env) {
+	t.Helper()
+	for _, dir := range []string{"manifests", "tags"} {
+		filepath.Walk(filepath.Join(e.dataDir, "cache", dir), func(path string, info os.FileInfo, err error) error {
+			if err == nil && !info.IsDir() {
+				t.Errorf("stored for an uncacheable manifest: %s", path)
+			}
+			return nil
+		})
+	}
 }

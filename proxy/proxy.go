@@ -107,7 +107,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.transport = newTransport(p.dial, cfg.UpstreamRoots)
 	// Credentials sit above the rate limiter, so that token requests honour
 	// a host's Retry-After too.
-	p.limiter = newRateLimiter(p.transport, p.now)
+	p.limiter = newRateLimiter(p.transport, p.now, p.log)
 	p.upstream = upstreamauth.New(p.limiter, cfg.Credentials, upstreamauth.Options{Now: p.now, Logger: p.log})
 	p.fetch = newFetchClient(p.upstream)
 	p.pass = p.newPassthrough()

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -21,6 +22,7 @@ const maxBackoff = time.Hour
 type rateLimiter struct {
 	next http.RoundTripper
 	now  func() time.Time
+	log  *slog.Logger
 
 	mu    sync.Mutex           // protects until
 	until map[string]time.Time // host:port → end of its back-off
@@ -30,8 +32,8 @@ type rateLimiter struct {
 
 var _ http.RoundTripper = (*rateLimiter)(nil)
 
-func newRateLimiter(next http.RoundTripper, now func() time.Time) *rateLimiter {
-	return &rateLimiter{next: next, now: now, until: make(map[string]time.Time)}
+func newRateLimiter(next http.RoundTripper, now func() time.Time, log *slog.Logger) *rateLimiter {
+	return &rateLimiter{next: next, now: now, log: log, until: make(map[string]time.Time)}
 }
 
 func (rl *rateLimiter) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -44,10 +46,12 @@ func (rl *rateLimiter) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := rl.next.RoundTrip(req)
 	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
-		rl.limited.Add(1)
-		if wait, ok := parseRetryAfter(resp.Header.Get("Retry-After"), rl.now()); ok {
+		n := rl.limited.Add(1)
+		wait, ok := parseRetryAfter(resp.Header.Get("Retry-After"), rl.now())
+		if ok {
 			rl.backOff(req.URL.Host, wait)
 		}
+		rl.log.Warn("upstream rate limit", "host", req.URL.Host, "retry_after", wait.String(), "total_429s", n)
 	}
 	return resp, err
 }
