@@ -126,13 +126,7 @@ func (p *Proxy) cachedByDigest(r *http.Request, announced string) *cachedManifes
 
 // relayHead sends upstream's answer to a HEAD: status and headers.
 func relayHead(w http.ResponseWriter, resp *http.Response) {
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = append([]string(nil), vv...)
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
+	copyHeader(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 }
 
@@ -230,14 +224,8 @@ func (p *Proxy) saveTagRecord(r *http.Request, rp regPath, key string, d digest.
 
 // relayBody sends an upstream response whose body was already read.
 func relayBody(w http.ResponseWriter, resp *http.Response, body []byte) {
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = append([]string(nil), vv...)
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
-	h.Set("Content-Length", strconv.Itoa(len(body)))
+	copyHeader(w.Header(), resp.Header)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(resp.StatusCode)
 	w.Write(body)
 }

@@ -46,16 +46,20 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 // copyResponse relays an upstream response that regproxy does not cache
 // (an error status, say) to the client as it is.
 func copyResponse(w http.ResponseWriter, resp *http.Response) {
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = append([]string(nil), vv...)
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
+	copyHeader(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, resp.Body); err != nil && !errors.Is(err, io.EOF) {
 		// The status line is gone: only a cut connection tells the client.
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// copyHeader copies upstream's end-to-end headers to a response.
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		dst[k] = append([]string(nil), vv...)
+	}
+	for _, k := range hopHeaders {
+		dst.Del(k)
 	}
 }
