@@ -380,3 +380,37 @@ func TestReaderAfterTheFillLetGoOfItsFile(t *testing.T) {
 	}
 	t.Fatal("the fill never let go of its spool file")
 }
+
+// brokenStore accepts writes but fails every commit, like a full disk.
+type brokenStore struct{ cachestore.Store }
+
+func (s brokenStore) Create(ctx context.Context, key string) (cachestore.Writer, error) {
+	w, err := s.Store.Create(ctx, key)
+	return brokenWriter{w}, err
+}
+
+type brokenWriter struct{ cachestore.Writer }
+
+func (brokenWriter) Commit(context.Context, digest.Digest) error { return errors.New("disk full") }
+
+func TestVerifiedBytesReachReadersEvenIfCommitFails(t *testing.T) {
+	store := brokenStore{cachestore.NewMemory()}
+	g := newGroup(t, store, 0)
+	blob, d := randomBlob(t, 3000)
+	pr, pw := io.Pipe()
+	f, _, _ := g.Join(context.Background(), d)
+	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
+	r, err := f.NewReader(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() { pw.Write(blob); pw.Close() }()
+	if got, err := readAll(t, r); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("reader of a verified blob whose commit failed: %d bytes, %v; want the blob", len(got), err)
+	}
+	waitFor(t, func() bool { return g.InFlight() == 0 })
+	if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); !errors.Is(err, cachestore.ErrNotFound) {
+		t.Fatalf("Stat after a failed commit: %v; want ErrNotFound", err)
+	}
+}

@@ -77,21 +77,21 @@ func (r *Reader) Read(p []byte) (int, error) {
 }
 
 // readable reports how many bytes from off may be read now. With none, it
-// returns the terminal error (io.EOF after a verified commit) or a channel
-// that closes on the next change.
+// returns the terminal error (io.EOF once the digest is verified) or a
+// channel that closes on the next change. A failure after verification
+// (of the commit, say) does not concern readers: their bytes are right.
 func (f *Fill) readable(off int64) (avail int64, wait <-chan struct{}, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	limit := f.written
-	verified := f.done && f.err == nil
-	if !verified && f.size > 0 {
+	if !f.verified && f.size > 0 {
 		limit = min(limit, f.size-1) // hold back the last byte until verified
 	}
 	if off < limit {
 		return limit - off, nil, nil
 	}
 	switch {
-	case verified:
+	case f.verified:
 		return 0, nil, io.EOF
 	case f.done:
 		return 0, nil, f.err

@@ -39,12 +39,13 @@ type Fill struct {
 	size      int64
 	file      *os.File // the spool file, shared by all readers through ReadAt
 
-	mu      sync.Mutex    // protects the fields below
-	written int64         // bytes in file
-	done    bool          // no more bytes will come
-	err     error         // why the fill failed; nil after a verified commit
-	notify  chan struct{} // closed and replaced whenever written or done changes
-	refs    int           // the fill itself plus open readers; file closes at 0
+	mu       sync.Mutex    // protects the fields below
+	written  int64         // bytes in file
+	verified bool          // all bytes are in and match the digest
+	done     bool          // the fill has ended (committed, or failed)
+	err      error         // why the fill failed; nil after a verified commit
+	notify   chan struct{} // closed and replaced whenever written or done changes
+	refs     int           // the fill itself plus open readers; file closes at 0
 }
 
 // Context is the fill's own context: the leader makes its upstream request
@@ -156,6 +157,9 @@ func (f *Fill) verifyAndCommit(h hash.Hash) error {
 	if got := digest.NewDigest(f.digest.Algorithm(), h); got != f.digest {
 		return fmt.Errorf("fill %s: got digest %s: %w", f.digest, got, cachestore.ErrDigestMismatch)
 	}
+	// Readers may finish now: what they were sent is the verified blob.
+	// Only the cache waits for durability.
+	f.markVerified()
 	// Flush to disk before the rename makes the blob visible: hits are not
 	// verified again, so a blob must never be visible before it is durable.
 	if err := f.file.Sync(); err != nil {
@@ -165,6 +169,13 @@ func (f *Fill) verifyAndCommit(h hash.Hash) error {
 		return fmt.Errorf("fill %s: commit: %w", f.digest, err)
 	}
 	return nil
+}
+
+func (f *Fill) markVerified() {
+	f.mu.Lock()
+	f.verified = true
+	f.wake()
+	f.mu.Unlock()
 }
 
 // commit hands the verified spool file to the store: a rename where the
