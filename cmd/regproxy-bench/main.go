@@ -1,0 +1,142 @@
+// Command regproxy-bench measures a real `regproxy serve` process and prints
+// a markdown table of the results against their targets.
+//
+// It builds regproxy from the work tree, runs it on a free loopback port
+// with a fresh data dir, and puts an in-process TLS registry (upstream.go)
+// behind it under the name registry.test. Clients reach that name through
+// regproxy as nodes do: CONNECT, then TLS with regproxy's CA as the only
+// root. The scenarios (scenarios.go, storm.go) are warm-hit throughput
+// against a plain Go TLS file server, cold-pull overhead against the
+// upstream itself, a 32-client cold storm on a throttled upstream,
+// tag-manifest hit latency, and regproxy's peak RSS after a large storm.
+//
+// Usage:
+//
+//	go run ./cmd/regproxy-bench [-quick] [-out FILE] [-run LETTERS]
+//
+// Progress goes to stderr, the table to stdout (and to FILE with -out).
+// With REGPROXY_BENCH_PERF=DIR set, each scenario also records a perf(1)
+// CPU profile of regproxy into DIR (profile.go).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// config is the size of each scenario.
+type config struct {
+	quick bool
+	out   string // also write the report here, if set
+	only  string // the letters of the scenarios to run; empty means all
+
+	warmSize int64 // a: the cached blob
+	warmRuns int   // a: timed runs per client and stream count
+	streams  int   // a: concurrent streams of the parallel row
+
+	coldSize int64 // b: each cold blob
+	coldRuns int   // b: fresh blobs pulled
+
+	stormSize    int64 // c: the cold blob
+	stormClients int   // c: clients starting at once
+	stormRate    int64 // c: upstream bytes/s for the storm's response
+
+	manifestGets int // d: sequential GETs of the cached tag
+
+	rssSize    int64 // e: the cold blob of the RSS storm
+	rssClients int   // e: its clients
+}
+
+const mib = 1 << 20
+
+// fullConfig is the benchmark as its targets are stated.
+func fullConfig() config {
+	return config{
+		warmSize: 256 * mib, warmRuns: 7, streams: 8,
+		coldSize: 256 * mib, coldRuns: 3,
+		stormSize: 64 * mib, stormClients: 32, stormRate: 40e6,
+		manifestGets: 2000,
+		rssSize:      512 * mib, rssClients: 32,
+	}
+}
+
+// quickConfig is a smoke run: every scenario, on small blobs.
+func quickConfig() config {
+	return config{
+		quick:    true,
+		warmSize: 32 * mib, warmRuns: 3, streams: 8,
+		coldSize: 32 * mib, coldRuns: 3,
+		stormSize: 32 * mib, stormClients: 32, stormRate: 40e6,
+		manifestGets: 200,
+		rssSize:      32 * mib, rssClients: 32,
+	}
+}
+
+func (c config) mode() string {
+	if c.quick {
+		return "quick"
+	}
+	return "full"
+}
+
+// totalTimeout bounds a whole run; a full run takes a few minutes.
+const totalTimeout = 15 * time.Minute
+
+func main() {
+	quick := flag.Bool("quick", false, "smoke run: 32 MiB blobs, 200 manifest requests")
+	out := flag.String("out", "", "also write the report to this file")
+	only := flag.String("run", "", "run only these scenarios, by letter (e.g. \"cd\"); default all of abcde")
+	flag.Parse()
+	cfg := fullConfig()
+	if *quick {
+		cfg = quickConfig()
+	}
+	cfg.out, cfg.only = *out, *only
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, cfg, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "regproxy-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// run builds and starts everything, runs the scenarios, and writes the
+// report to stdout (and cfg.out). Progress goes to progress. Whatever
+// happens, the child processes are stopped and the temporary files removed
+// before it returns; the rows measured before an error are still reported.
+func run(ctx context.Context, cfg config, stdout, progress io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, totalTimeout)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "regproxy-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	m := describeMachine(ctx)
+	b, err := setup(ctx, cfg, dir, progress)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	rows, runErr := b.runAll(ctx)
+	if len(rows) == 0 {
+		return runErr
+	}
+	report := render(m, cfg, rows)
+	if _, err := io.WriteString(stdout, report); err != nil {
+		return err
+	}
+	if cfg.out != "" {
+		if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {
+			return err
+		}
+	}
+	return runErr
+}

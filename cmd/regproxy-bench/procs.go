@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Bounds of starting and stopping child processes.
+const (
+	startTimeout  = 15 * time.Second
+	pollInterval  = 50 * time.Millisecond
+	stopGrace     = 5 * time.Second
+	startAttempts = 3 // a probed free port may be taken before the child binds it
+)
+
+// binaries are the programs the bench builds from the tree it runs in.
+type binaries struct {
+	regproxy string
+	baseline string
+}
+
+// build compiles regproxy and the baseline server into dir from the module
+// root, so that the bench always measures the code in the work tree.
+func build(ctx context.Context, dir string) (binaries, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return binaries{}, fmt.Errorf("run inside the regproxy module (go env GOMOD: %q, %v)", gomod, err)
+	}
+	b := binaries{regproxy: filepath.Join(dir, "regproxy"), baseline: filepath.Join(dir, "baseline")}
+	for _, t := range []struct{ out, pkg string }{
+		{b.regproxy, "./cmd/regproxy"},
+		{b.baseline, "./cmd/regproxy-bench/baseline"},
+	} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", t.out, t.pkg)
+		cmd.Dir = filepath.Dir(gomod)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return binaries{}, fmt.Errorf("go build %s: %v\n%s", t.pkg, err, out)
+		}
+	}
+	return b, nil
+}
+
+// proc is a child process of the bench, with its output in a log file.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	exited  chan struct{} // closed once the process has been waited for
+	err     error         // Wait's result; read after exited is closed
+	stopped sync.Once
+}
+
+// startProc starts bin with args and an environment free of proxy and
+// regproxy variables, so that the caller's shell cannot change the result.
+func startProc(name, logPath, bin string, args ...string) (*proc, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = childEnv()
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		upper := strings.ToUpper(name)
+		if strings.HasPrefix(upper, "REGPROXY_") || strings.HasSuffix(upper, "_PROXY") ||
+			upper == "REGISTRIES" || upper == "MANIFEST_CACHE_DEFAULT_TIME" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// stop ends the process with SIGTERM, then SIGKILL after stopGrace. It is
+// idempotent and waits for the exit.
+func (p *proc) stop() {
+	p.stopped.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(stopGrace):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+}
+
+// running reports whether the process has not exited yet.
+func (p *proc) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// waitReady polls ready until it succeeds, the process exits, ctx ends or
+// startTimeout passes.
+func (p *proc) waitReady(ctx context.Context, ready func(context.Context) error) error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		err := ready(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %v: %v\n%s", p.name, startTimeout, err, p.tail())
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited while starting: %v\n%s", p.name, p.err, p.tail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// tail is the end of the process's log, for error messages.
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.logPath)
+	return string(b[max(0, len(b)-2048):])
+}
+
+// regproxy is a running `regproxy serve`.
+type regproxy struct {
+	*proc
+	addr  string         // the proxy port, 127.0.0.1:PORT
+	roots *x509.CertPool // regproxy's CA: the only root its clients trust
+}
+
+// startRegproxy serves regproxy with a fresh data dir under dir, intercepting
+// the upstream, and waits until it is healthy and has handed out its CA.
+func startRegproxy(ctx context.Context, bin, dir string, up *upstream, upstreamCA string) (*regproxy, error) {
+	data, err := os.MkdirTemp(dir, "regproxy-data-")
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		p, err := startProc("regproxy", data+".log", bin, "serve", "--listen", addr, "--data-dir", data,
+			"--log-level", "warn", "--registries", upstreamHost, "--resolve", up.host()+"="+up.addr(),
+			"--upstream-ca", upstreamCA, "--manifest-ttl", "1h")
+		if err != nil {
+			return nil, err
+		}
+		rp := &regproxy{proc: p, addr: addr}
+		if err = p.waitReady(ctx, rp.loadCA); err == nil {
+			return rp, nil
+		}
+		// Only a child that exited by itself (its port was taken) is retried.
+		exited := !p.running()
+		p.stop()
+		if !exited || attempt == startAttempts || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
+// loadCA fetches regproxy's CA from its proxy port.
+func (rp *regproxy) loadCA(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+rp.addr+"/ca.crt", nil)
+	if err != nil {
+		return err
+	}
+	c := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	pem, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /ca.crt: %s, %v", resp.Status, err)
+	}
+	rp.roots = x509.NewCertPool()
+	if !rp.roots.AppendCertsFromPEM(pem) {
+		return errors.New("GET /ca.crt: no certificate")
+	}
+	return nil
+}
+
+// peakRSS is the process's peak resident set size (VmHWM), in bytes.
+func (p *proc) peakRSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc/PID/status")
+}
+
+// cpuTime is the CPU time (user and system) the process has used so far,
+// or 0 where /proc does not say.
+func (p *proc) cpuTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name start at field 3 (state);
+	// utime and stime are fields 14 and 15, in clock ticks of 1/100 s.
+	_, rest, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// startBaseline serves file with the plain TLS server and waits until it
+// accepts connections. It returns the process and its address.
+func startBaseline(ctx context.Context, bin, dir string, p *pki, file string) (*proc, string, error) {
+	for attempt := 1; ; attempt++ {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, "", err
+		}
+		bp, err := startProc("baseline", filepath.Join(dir, "baseline.log"), bin,
+			"-listen", addr, "-cert", p.crtFile, "-key", p.keyFile, "-file", file)
+		if err != nil {
+			return nil, "", err
+		}
+		if err = bp.waitReady(ctx, func(context.Context) error { return dialOnce(addr) }); err == nil {
+			return bp, addr, nil
+		}
+		exited := !bp.running()
+		bp.stop()
+		if !exited || attempt == startAttempts || ctx.Err() != nil {
+			return nil, "", err
+		}
+	}
+}
+
+func dialOnce(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
