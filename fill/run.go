@@ -165,7 +165,7 @@ func (f *Fill) verifyAndCommit(h hash.Hash) error {
 	if err := f.file.Sync(); err != nil {
 		return fmt.Errorf("fill %s: sync spool file: %w", f.digest, err)
 	}
-	if err := f.commit(n); err != nil {
+	if err := f.commit(context.WithoutCancel(f.ctx), n); err != nil {
 		return fmt.Errorf("fill %s: commit: %w", f.digest, err)
 	}
 	return nil
@@ -181,13 +181,16 @@ func (f *Fill) markVerified() {
 // commit hands the verified spool file to the store: a rename where the
 // store can adopt files, else a copy through a store writer (which verifies
 // again on its own Commit).
-func (f *Fill) commit(size int64) error {
+//
+// Readers already have the verified bytes, so ctx must not be cancelled by
+// Close: a shutdown waits for the rename instead of throwing the blob away.
+func (f *Fill) commit(ctx context.Context, size int64) error {
 	key := cachestore.BlobKey(f.digest)
 	store := f.group.store
 	if imp, ok := store.(cachestore.FileImporter); ok && imp.SpoolDir() == f.group.spoolDir {
-		return imp.ImportFile(f.ctx, key, f.file.Name(), size, f.digest)
+		return imp.ImportFile(ctx, key, f.file.Name(), size, f.digest)
 	}
-	w, err := store.Create(f.ctx, key)
+	w, err := store.Create(ctx, key)
 	if err != nil {
 		return err
 	}
@@ -195,7 +198,7 @@ func (f *Fill) commit(size int64) error {
 	if _, err := io.Copy(w, io.NewSectionReader(f.file, 0, size)); err != nil {
 		return err
 	}
-	return w.Commit(f.ctx, f.digest)
+	return w.Commit(ctx, f.digest)
 }
 
 // finish records the outcome, wakes every reader and drops the fill's own
