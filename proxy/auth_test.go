@@ -84,3 +84,25 @@ func TestConfiguredCredentialsServeAnonymousClients(t *testing.T) {
 		t.Fatalf("second pull fetched %d blobs from the CDN; want 0", n)
 	}
 }
+
+func TestTokenServerTunnelled(t *testing.T) {
+	t.Parallel()
+	e := newHubEnv(t, nil)
+	e.stop()
+	e.registries = []string{"registry.test", "cdn.test"} // auth.test is tunnelled
+	e.start()
+	img := e.up.RandomImage(t, 1, 1000)
+	e.up.Push(t, "public/app", "v1", img)
+	// The client now sees auth.test's own certificate: it trusts both CAs.
+	tr := e.transport()
+	tr.TLSClientConfig.RootCAs.AppendCertsFromPEM(e.up.CAPEM)
+	ref, _ := name.ParseReference(e.up.Host + "/public/app:v1")
+	pulled, err := remote.Image(ref, remote.WithTransport(tr), remote.WithAuth(authn.Anonymous))
+	if err != nil {
+		t.Fatalf("pull with a tunnelled token server: %v", err)
+	}
+	readAllBlobs(t, pulled)
+	if n := e.up.Count("GET token"); n == 0 {
+		t.Fatal("no token request reached auth.test through the tunnel")
+	}
+}

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/regproxy/regproxy/internal/testupstream"
 )
@@ -360,5 +362,50 @@ func assertNoManifestFiles(t *testing.T, e *env) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestTagByAcceptHeader: one tag answers with an index or a single manifest
+// depending on Accept (content negotiation, as Docker Hub does). Each client
+// gets what it asked for, and the cache keeps both apart.
+func TestTagByAcceptHeader(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const (
+		indexType  = "application/vnd.oci.image.index.v1+json"
+		singleType = "application/vnd.docker.distribution.manifest.v2+json"
+	)
+	index := []byte(`{"schemaVersion":2,"mediaType":"` + indexType + `","manifests":[]}`)
+	single := []byte(`{"schemaVersion":2,"mediaType":"` + singleType + `","config":{},"layers":[]}`)
+	e.up.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if testupstream.Kind(r) != "GET manifest" {
+			return false
+		}
+		body, mt := single, singleType
+		if strings.Contains(r.Header.Get("Accept"), indexType) {
+			body, mt = index, indexType
+		}
+		w.Header().Set("Content-Type", mt)
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(body).String())
+		w.Write(body)
+		return true
+	})
+	c := e.client()
+	for round := range 2 {
+		for _, tc := range []struct {
+			accept, wantType string
+			want             []byte
+		}{
+			{indexType + ", " + singleType, indexType, index},
+			{singleType, singleType, single},
+		} {
+			resp, got := e.get(c, "GET", "/v2/r/manifests/multi", "Accept", tc.accept)
+			if resp.Header.Get("Content-Type") != tc.wantType || !bytes.Equal(got, tc.want) {
+				t.Fatalf("round %d, Accept %q: got %s %s", round, tc.accept, resp.Header.Get("Content-Type"), got)
+			}
+		}
+	}
+	if n := e.up.Count("GET manifest"); n != 2 {
+		t.Fatalf("%d upstream GETs for two Accept headers over two rounds; want 2", n)
 	}
 }
