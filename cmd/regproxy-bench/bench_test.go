@@ -15,9 +15,6 @@ import (
 // row is reported and that the storm fetched its blob upstream once; the
 // performance targets themselves are for full runs on a known machine.
 func TestQuickRun(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds regproxy and pulls a few GiB through it")
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	cfg := quickConfig()

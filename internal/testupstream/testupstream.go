@@ -103,8 +103,8 @@ func Start(t testing.TB, opts ...Option) *Upstream {
 	quiet := log.New(io.Discard, "", 0)
 	u := &Upstream{
 		Addr:     ln.Addr().String(),
-		CAPEM:    p.caPEM,
-		pool:     p.pool,
+		CAPEM:    p.CAPEM,
+		pool:     p.Pool,
 		registry: registry.New(registry.Logger(quiet)),
 		kinds:    map[string]int64{},
 		paths:    map[string]int64{},
@@ -128,7 +128,7 @@ func Start(t testing.TB, opts ...Option) *Upstream {
 		Listener: ln,
 		// ErrorLog discards TLS handshake noise from clients that hang up.
 		Config: &http.Server{Handler: http.HandlerFunc(u.serve), ErrorLog: quiet},
-		TLS:    &tls.Config{Certificates: []tls.Certificate{p.server}},
+		TLS:    &tls.Config{Certificates: []tls.Certificate{p.Server}},
 	}
 	srv.StartTLS() // HTTP/1.1 only: EnableHTTP2 is false
 	t.Cleanup(func() {
