@@ -110,11 +110,11 @@ func TestJoinersShareOneFillAndStreamBeforeCompletion(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Readers finish once the digest is verified; the commit (fsync and
+	// rename) may still be under way.
+	waitFor(t, func() bool { return g.InFlight() == 0 })
 	if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); err != nil {
 		t.Fatalf("blob not committed: %v", err)
-	}
-	if n := g.InFlight(); n != 0 {
-		t.Fatalf("InFlight = %d after commit; want 0", n)
 	}
 }
 
@@ -125,7 +125,7 @@ func TestLastByteWithheldUntilVerified(t *testing.T) {
 	f, _, _ := g.Join(context.Background(), d)
 	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
 	pw.Write(blob) // every byte, but no EOF yet: not verified
-	r, _ := f.NewReader(context.Background())
+	r := mustReader(t, f, context.Background())
 	defer r.Close()
 	readN(t, r, len(blob)-1)
 
@@ -176,8 +176,8 @@ func TestFailureAbortsEveryReaderAndCommitsNothing(t *testing.T) {
 			pr, pw := io.Pipe()
 			f, _, _ := g.Join(context.Background(), d)
 			f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-			r1, _ := f.NewReader(context.Background())
-			r2, _ := f.NewReader(context.Background())
+			r1 := mustReader(t, f, context.Background())
+			r2 := mustReader(t, f, context.Background())
 			defer r1.Close()
 			defer r2.Close()
 			go tc.feed(pw, blob)
@@ -226,8 +226,10 @@ func TestResumeAfterCut(t *testing.T) {
 		return io.NopCloser(&cutReader{b: blob[off:], n: 3000}), nil
 	}
 	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: io.NopCloser(&cutReader{b: blob, n: 3000}), Size: int64(len(blob)), Resume: resume})
-	r, _ := f.NewReader(context.Background())
+	body := newGate(&cutReader{b: blob, n: 3000})
+	f.Start(fill.Body{Reader: body, Size: int64(len(blob)), Resume: resume})
+	r := mustReader(t, f, context.Background())
+	body.open()
 	defer r.Close()
 	got, err := readAll(t, r)
 	if err != nil || !bytes.Equal(got, blob) {
@@ -248,8 +250,10 @@ func TestResumeGivesUp(t *testing.T) {
 		return io.NopCloser(&cutReader{b: blob[off:], n: 10}), nil
 	}
 	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: io.NopCloser(&cutReader{b: blob, n: 10}), Size: int64(len(blob)), Resume: resume})
-	r, _ := f.NewReader(context.Background())
+	body := newGate(&cutReader{b: blob, n: 10})
+	f.Start(fill.Body{Reader: body, Size: int64(len(blob)), Resume: resume})
+	r := mustReader(t, f, context.Background())
+	body.open()
 	defer r.Close()
 	if _, err := readAll(t, r); err == nil {
 		t.Fatal("read succeeded; want the cut reported after the resumes ran out")
@@ -305,8 +309,10 @@ func TestUnknownSize(t *testing.T) {
 	g := newGroup(t, store, 0)
 	blob, d := randomBlob(t, 5000)
 	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: io.NopCloser(bytes.NewReader(blob)), Size: -1})
-	r, _ := f.NewReader(context.Background())
+	body := newGate(bytes.NewReader(blob))
+	f.Start(fill.Body{Reader: body, Size: -1})
+	r := mustReader(t, f, context.Background())
+	body.open()
 	defer r.Close()
 	if got, err := readAll(t, r); err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("read %d bytes, err %v", len(got), err)
@@ -322,7 +328,7 @@ func TestCloseStopsRunningFills(t *testing.T) {
 	_, d := randomBlob(t, 10)
 	f, _, _ := g.Join(context.Background(), d)
 	f.Start(fill.Body{Reader: ctxReader{f.Context()}, Size: 10})
-	r, _ := f.NewReader(context.Background())
+	r := mustReader(t, f, context.Background())
 	defer r.Close()
 	g.Close()
 	if _, err := readAll(t, r); err == nil {
@@ -414,3 +420,27 @@ func TestVerifiedBytesReachReadersEvenIfCommitFails(t *testing.T) {
 		t.Fatalf("Stat after a failed commit: %v; want ErrNotFound", err)
 	}
 }
+
+// mustReader is f.NewReader for a test that has made sure the fill is
+// still running.
+func mustReader(t *testing.T, f *fill.Fill, ctx context.Context) *fill.Reader {
+	t.Helper()
+	r, err := f.NewReader(ctx)
+	if err != nil {
+		t.Fatalf("NewReader: %v", err)
+	}
+	return r
+}
+
+// gate holds back a body's first read until open is called, so that a
+// test's reader joins before a fast fill can finish and let go of its file.
+type gate struct {
+	r      io.Reader
+	opened chan struct{}
+}
+
+func newGate(r io.Reader) *gate { return &gate{r: r, opened: make(chan struct{})} }
+
+func (g *gate) Read(p []byte) (int, error) { <-g.opened; return g.r.Read(p) }
+func (g *gate) Close() error               { return nil }
+func (g *gate) open()                      { close(g.opened) }
