@@ -258,9 +258,7 @@ func TestRestartKeepsCacheAndCA(t *testing.T) {
 func TestHostNotOnListIsTunnelled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	other := testupstream.Start(t, testupstream.WithHostName("registry2.test"))
-	e.stop()
-	e.start(other.Host, other.Addr)
+	other := e.secondRegistry(false)
 	tr := &http.Transport{Proxy: http.ProxyURL(e.proxyURL), TLSClientConfig: tlsConfig(other.CertPool())}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Get("https://" + other.Host + "/v2/")

@@ -121,6 +121,20 @@ func (e *env) start(extraResolve ...string) {
 	}
 }
 
+// secondRegistry starts another upstream, registry2.test, and restarts the
+// proxy so that it can reach it; intercept puts it on the allow-list too,
+// otherwise it is tunnelled.
+func (e *env) secondRegistry(intercept bool) *testupstream.Upstream {
+	e.t.Helper()
+	other := testupstream.Start(e.t, testupstream.WithHostName("registry2.test"))
+	e.stop()
+	if intercept {
+		e.registries = append(e.registries, "registry2.test")
+	}
+	e.start(other.Host, other.Addr)
+	return other
+}
+
 // restart stops the proxy and starts a new one on the same data dir.
 func (e *env) restart() {
 	e.stop()

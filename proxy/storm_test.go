@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/regproxy/regproxy/internal/testupstream"
 )
 
 // startSlowFill starts a GET of the blob through the proxy against an
@@ -77,10 +75,7 @@ func TestSlowClientDoesNotSlowOthers(t *testing.T) {
 func TestFillSharedAcrossRegistries(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	other := testupstream.Start(t, testupstream.WithHostName("registry2.test"))
-	e.stop()
-	e.registries = []string{"registry.test", "registry2.test"}
-	e.start(other.Host, other.Addr)
+	other := e.secondRegistry(true)
 
 	img := e.up.RandomImage(t, 1, 256<<10)
 	e.up.Push(t, "r", "t", img)
