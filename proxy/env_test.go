@@ -63,6 +63,8 @@ type env struct {
 	upstreamProxy *url.URL
 	// creds are the proxy's configured upstream credentials.
 	creds upstreamauth.Keyring
+	// logTo, when set, receives the proxy's log as well; start reads it.
+	logTo io.Writer
 }
 
 func newEnv(t testing.TB, opts ...testupstream.Option) *env {
@@ -98,7 +100,7 @@ func (e *env) start(extraResolve ...string) {
 	p, err := proxy.New(proxy.Config{
 		CA: authority, Store: store, Registries: e.registries,
 		Resolve: resolve, UpstreamRoots: e.up.CertPool(), ManifestTTL: e.ttl,
-		Now: e.clock.Now, Logger: testLogger(t), UpstreamProxy: e.upstreamProxy, Credentials: e.creds,
+		Now: e.clock.Now, Logger: e.logger(), UpstreamProxy: e.upstreamProxy, Credentials: e.creds,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +223,14 @@ func readAllBlobs(t testing.TB, img v1.Image) {
 			t.Fatalf("layer: %v", err)
 		}
 	}
+}
+
+// logger is testLogger, plus logTo when it is set.
+func (e *env) logger() *slog.Logger {
+	if e.logTo == nil {
+		return testLogger(e.t)
+	}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{e.t}, e.logTo), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // testLogger logs to t.Log for tests; benchmarks discard the access log,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -91,7 +92,8 @@ func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, k
 		p.serveStale(w, r, rp, stale, resp, err)
 		return nil
 	}
-	if err == nil && resp.StatusCode == http.StatusOK {
+	// A HEAD answered by another host, after a redirect, confirms nothing.
+	if err == nil && resp.StatusCode == http.StatusOK && servedBy(resp, targetOf(r)) {
 		if m := p.cachedByDigest(r, resp.Header.Get("Docker-Content-Digest")); m != nil {
 			p.saveTagRecord(r, rp, key, m.Digest)
 			setOutcome(r, outcomeRevalidated)
@@ -188,18 +190,55 @@ func (p *Proxy) cacheAndRelay(w http.ResponseWriter, r *http.Request, rp regPath
 		return &regError{Status: http.StatusBadGateway, Code: "MANIFEST_INVALID",
 			Message: "upstream manifest does not match its digest", Cause: fmt.Errorf("got %s", m.Digest)}
 	}
-	announced := resp.Header.Get("Docker-Content-Digest")
-	switch {
-	case isSchema1(m):
-		setOutcome(r, outcomePass) // schema 1 is signed per request; never cached
-	case announced != "" && announced != m.Digest.String():
-		p.log.Warn("upstream manifest digest header mismatch; not caching", "repo", rp.Name, "ref", rp.Reference, "announced", announced, "got", m.Digest)
+	if why := uncacheable(resp, m, targetOf(r)); why != "" {
+		p.log.Info("manifest relayed, not cached", "host", targetOf(r), "repo", rp.Name, "ref", rp.Reference, "why", why)
 		setOutcome(r, outcomePass)
-	default:
+	} else {
 		p.saveManifest(r, rp, m)
 	}
 	relayBody(w, resp, body)
 	return nil
+}
+
+// uncacheable says why a manifest upstream sent may be relayed but not
+// cached, or "" if it may be cached. What goes into the cache is served to
+// every client that asks the target, so only a verified manifest that the
+// target itself served qualifies.
+func uncacheable(resp *http.Response, m *cachedManifest, target string) string {
+	announced := resp.Header.Get("Docker-Content-Digest")
+	switch {
+	case isSchema1(m):
+		return "schema 1 is signed per request"
+	case announced != "" && announced != m.Digest.String():
+		return "Docker-Content-Digest " + announced + " does not match the body, " + m.Digest.String()
+	case !servedBy(resp, target):
+		// Registries redirect blobs, rarely manifests: a manifest from
+		// another host is that host's word, not the registry's.
+		return "served through a redirect to " + resp.Request.URL.Host
+	case !isManifestType(m.ContentType):
+		return "media type " + strconv.Quote(m.ContentType) + " is not a manifest or index"
+	}
+	return ""
+}
+
+// servedBy reports whether resp came from target itself, not from a host
+// a redirect led to.
+func servedBy(resp *http.Response, target string) bool {
+	return resp.Request == nil || sameHost(resp.Request.URL.Host, target)
+}
+
+// manifestTypes are the media types of the manifests and indexes that
+// regproxy caches (OCI image spec; Docker image manifest v2, schema 2).
+var manifestTypes = map[string]bool{
+	"application/vnd.oci.image.manifest.v1+json":                true,
+	"application/vnd.oci.image.index.v1+json":                   true,
+	"application/vnd.docker.distribution.manifest.v2+json":      true,
+	"application/vnd.docker.distribution.manifest.list.v2+json": true,
+}
+
+func isManifestType(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && manifestTypes[mt]
 }
 
 func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
@@ -216,7 +255,7 @@ func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
 func (p *Proxy) saveTagRecord(r *http.Request, rp regPath, key string, d digest.Digest) {
 	registry, repo := canonicalRepo(targetOf(r), rp.Name)
 	rec := tagRecord{Registry: registry, Repository: repo, Tag: rp.Reference, Accept: normalizeAccept(r.Header),
-		Digest: d, Validated: p.now()}
+		Query: normalizeQuery(r.URL.Query()), Digest: d, Validated: p.now()}
 	if err := p.manifests.saveTag(r.Context(), key, rec); err != nil {
 		p.log.Warn("cache tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
 	}
@@ -255,5 +294,5 @@ func isSchema1(m *cachedManifest) bool {
 // tagKeyOf is the key of the tag record a request reads or writes.
 func tagKeyOf(r *http.Request, rp regPath) string {
 	registry, repo := canonicalRepo(targetOf(r), rp.Name)
-	return tagRecordKey(registry, repo, rp.Reference, normalizeAccept(r.Header))
+	return tagRecordKey(registry, repo, rp.Reference, normalizeAccept(r.Header), normalizeQuery(r.URL.Query()))
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -58,6 +59,7 @@ type tagRecord struct {
 	Repository string        `json:"repository"`
 	Tag        string        `json:"tag"`
 	Accept     string        `json:"accept"`
+	Query      string        `json:"query,omitempty"`
 	Digest     digest.Digest `json:"digest"`
 	Validated  time.Time     `json:"validated"`
 }
@@ -165,12 +167,23 @@ func (c *manifestCache) readJSON(ctx context.Context, key string, v any) error {
 	return nil
 }
 
-// tagRecordKey names the record of (registry, repository, tag, Accept).
-// The Accept header is part of the key because one tag answers with an
-// index or a single manifest depending on what the client accepts.
-func tagRecordKey(registry, repo, tag, accept string) string {
-	sum := sha256.Sum256([]byte(registry + "\n" + repo + "\n" + tag + "\n" + accept))
+// tagRecordKey names the record of (registry, repository, tag, Accept,
+// query). Everything that can select a different answer upstream is part
+// of the key: one tag answers with an index or a single manifest depending
+// on what the client accepts, and a query string (a mirror's ?ns=) may
+// name another registry altogether.
+func tagRecordKey(registry, repo, tag, accept, query string) string {
+	sum := sha256.Sum256([]byte(registry + "\n" + repo + "\n" + tag + "\n" + accept + "\n" + query))
 	return cachestore.TagKey(hex.EncodeToString(sum[:]))
+}
+
+// normalizeQuery reduces a query string to its parameters sorted by key,
+// so that the same parameters in another order share a record.
+func normalizeQuery(q url.Values) string {
+	if len(q) == 0 {
+		return ""
+	}
+	return q.Encode()
 }
 
 // normalizeAccept reduces Accept headers to a sorted set of media types,

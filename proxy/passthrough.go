@@ -15,8 +15,8 @@ func (p *Proxy) newPassthrough() *httputil.ReverseProxy {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = targetOf(pr.In)
-			// Keep the client's Host header: it is what it would have sent
-			// upstream directly.
+			// The client's Host header, which checkHost has verified names
+			// the target: what the client would have sent upstream directly.
 			pr.Out.Host = pr.In.Host
 		},
 		Transport:     p.upstream,

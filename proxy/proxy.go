@@ -71,7 +71,7 @@ type Proxy struct {
 	transport   *http.Transport        // dials upstreams; owns the idle connections
 	limiter     *rateLimiter           // wraps transport; every upstream request goes through it
 	upstream    http.RoundTripper      // credentials over limiter: what fetches and pass-throughs use
-	fetch       *http.Client           // follows redirects, for fills
+	fetch       fetchClient            // follows redirects, for fills and manifests
 	pass        *httputil.ReverseProxy // for everything not cached
 	fills       *fill.Group
 	manifests   *manifestCache

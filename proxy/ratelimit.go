@@ -2,42 +2,63 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // maxBackoff caps how long one Retry-After keeps regproxy away from a host.
 const maxBackoff = time.Hour
 
+// maxBackoffs bounds how many (host, credential) back-offs are kept. The
+// credentials are the clients' choice, so the table must not grow with
+// them; losing the oldest back-off costs at most one more 429 upstream.
+const maxBackoffs = 4096
+
 // rateLimiter is the innermost upstream RoundTripper. After an upstream
 // answers 429 with Retry-After, it answers further requests to that host
-// with a 429 itself, without sending them, until the time has passed
-// (RFC 9110, section 10.2.3). Callers see an ordinary 429: manifests fall
-// back to a stale copy where one exists, everything else passes it on.
+// with the same credential with a 429 itself, without sending them, until
+// the time has passed (RFC 9110, section 10.2.3). Callers see an ordinary
+// 429: manifests fall back to a stale copy where one exists, everything
+// else passes it on.
+//
+// Registries limit per account (or per address for anonymous pulls), so a
+// back-off is keyed by the host and the Authorization the request carried:
+// a 429 one tenant earns, anonymously or with its own account, does not
+// lock out clients with other credentials, and regproxy's own pulls with
+// configured credentials are tracked apart from both.
 type rateLimiter struct {
 	next http.RoundTripper
 	now  func() time.Time
 	log  *slog.Logger
 
-	mu    sync.Mutex           // protects until
-	until map[string]time.Time // host:port → end of its back-off
+	until *lru.Cache[backoffKey, time.Time] // end of each back-off; safe for concurrent use
 
 	limited atomic.Int64 // 429s seen upstream or answered during a back-off
 }
 
+// backoffKey names whom a back-off applies to: a host:port and a hash of
+// the Authorization header sent there ("" for anonymous requests).
+type backoffKey struct{ host, credential string }
+
 var _ http.RoundTripper = (*rateLimiter)(nil)
 
 func newRateLimiter(next http.RoundTripper, now func() time.Time, log *slog.Logger) *rateLimiter {
-	return &rateLimiter{next: next, now: now, log: log, until: make(map[string]time.Time)}
+	until, _ := lru.New[backoffKey, time.Time](maxBackoffs)
+	return &rateLimiter{next: next, now: now, log: log, until: until}
 }
 
 func (rl *rateLimiter) RoundTrip(req *http.Request) (*http.Response, error) {
-	if wait := rl.remaining(req.URL.Host); wait > 0 {
+	key := backoffKeyOf(req)
+	if wait := rl.remaining(key); wait > 0 {
 		rl.limited.Add(1)
 		if req.Body != nil {
 			req.Body.Close()
@@ -49,34 +70,42 @@ func (rl *rateLimiter) RoundTrip(req *http.Request) (*http.Response, error) {
 		n := rl.limited.Add(1)
 		wait, ok := parseRetryAfter(resp.Header.Get("Retry-After"), rl.now())
 		if ok {
-			rl.backOff(req.URL.Host, wait)
+			rl.backOff(key, wait)
 		}
-		rl.log.Warn("upstream rate limit", "host", req.URL.Host, "retry_after", wait.String(), "total_429s", n)
+		rl.log.Warn("upstream rate limit", "host", req.URL.Host, "anonymous", key.credential == "",
+			"retry_after", wait.String(), "total_429s", n)
 	}
 	return resp, err
+}
+
+// backoffKeyOf keys a request by host and credential. The credential is
+// hashed: the table must not hold tokens or passwords.
+func backoffKeyOf(req *http.Request) backoffKey {
+	k := backoffKey{host: strings.ToLower(req.URL.Host)}
+	if auth := req.Header.Get("Authorization"); auth != "" {
+		sum := sha256.Sum256([]byte(auth))
+		k.credential = hex.EncodeToString(sum[:16])
+	}
+	return k
 }
 
 // Limited reports how many 429s regproxy has seen or given for upstreams.
 func (rl *rateLimiter) Limited() int64 { return rl.limited.Load() }
 
-func (rl *rateLimiter) remaining(host string) time.Duration {
-	rl.mu.Lock()
-	defer rl.mu.Unlock()
-	until, ok := rl.until[host]
+func (rl *rateLimiter) remaining(key backoffKey) time.Duration {
+	until, ok := rl.until.Get(key)
 	if !ok {
 		return 0
 	}
 	wait := until.Sub(rl.now())
 	if wait <= 0 {
-		delete(rl.until, host)
+		rl.until.Remove(key)
 	}
 	return wait
 }
 
-func (rl *rateLimiter) backOff(host string, wait time.Duration) {
-	rl.mu.Lock()
-	defer rl.mu.Unlock()
-	rl.until[host] = rl.now().Add(min(wait, maxBackoff))
+func (rl *rateLimiter) backOff(key backoffKey, wait time.Duration) {
+	rl.until.Add(key, rl.now().Add(min(wait, maxBackoff)))
 }
 
 // parseRetryAfter reads delay-seconds or an HTTP-date.

@@ -16,6 +16,9 @@ func (p *Proxy) serveRegistry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) routeRegistry(w http.ResponseWriter, r *http.Request) error {
+	if err := checkHost(r); err != nil {
+		return err
+	}
 	rp, err := parsePath(r)
 	if err != nil {
 		return err

@@ -113,13 +113,19 @@ func newTransport(d *dialer, roots *x509.CertPool) *http.Transport {
 // maxRedirects bounds the redirect chain of one blob fetch.
 const maxRedirects = 10
 
-// newFetchClient follows redirects inside regproxy (blob GETs are usually
+// fetchClient is the http.Client regproxy fetches blobs and manifests
+// with. It follows redirects inside regproxy (blob GETs are usually
 // answered with a redirect to a CDN or object store; the client never sees
-// it). The Authorization header is sent only to the registry host itself:
-// net/http keeps it for subdomains too, but a CDN under the registry's
-// domain has no business with a registry token.
-func newFetchClient(t http.RoundTripper) *http.Client {
-	return &http.Client{
+// it), and its errors name URLs without their query, which on a CDN is a
+// signature that grants the blob to whoever holds it: errors are logged.
+type fetchClient struct{ c *http.Client }
+
+// newFetchClient returns a fetchClient over t. The Authorization header is
+// sent only to the registry host itself: net/http keeps it for subdomains
+// too, but a CDN under the registry's domain has no business with a
+// registry token.
+func newFetchClient(t http.RoundTripper) fetchClient {
+	return fetchClient{&http.Client{
 		Transport: t,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= maxRedirects {
@@ -130,7 +136,28 @@ func newFetchClient(t http.RoundTripper) *http.Client {
 			}
 			return nil
 		},
+	}}
+}
+
+// Do sends req, following redirects, and redacts the URL in its error.
+func (f fetchClient) Do(req *http.Request) (*http.Response, error) {
+	resp, err := f.c.Do(req)
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = redactURL(ue.URL)
 	}
+	return resp, err
+}
+
+// redactURL drops a URL's query and user info, which may hold signatures,
+// tokens or passwords, so that it can be logged.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.RawQuery, u.ForceQuery, u.User, u.Fragment = "", false, nil, ""
+	return u.String()
 }
 
 // hopHeaders are the hop-by-hop headers of RFC 9110, section 7.6.1, which
@@ -155,7 +182,7 @@ func upstreamRequest(ctx context.Context, r *http.Request, target, method string
 	out.RequestURI = ""
 	out.Body = nil
 	out.ContentLength = 0
-	out.Host = r.Host
+	out.Host = r.Host // checkHost has verified that it names target
 	for _, h := range hopHeaders {
 		out.Header.Del(h)
 	}
