@@ -14,6 +14,11 @@
 // With WithHub the same listener plays Docker Hub for end-to-end tests with
 // real clients: bearer tokens from a token server on AuthHost, and blob GETs
 // redirected to a CDN on CDNHost (map all three names with Resolves).
+//
+// With WithRepoScopedBlobs each repository holds only the blobs and
+// manifests pushed or mounted into it, as in distribution/distribution and
+// Docker Hub, rather than every blob of the fixture; Holds reports what a
+// repository holds.
 package testupstream
 
 import (
@@ -49,6 +54,7 @@ type Upstream struct {
 	registry  http.Handler
 	transport *http.Transport
 	hub       *hub              // nil unless WithHub
+	repos     *repos            // nil unless WithRepoScopedBlobs; then registry is repos
 	pushRT    http.RoundTripper // what Push uses: transport, plus pushHeader in hub mode
 
 	// fault runs before the registry; nil means no fault.
@@ -66,8 +72,9 @@ type Upstream struct {
 type Option func(*config)
 
 type config struct {
-	hostName string
-	hub      bool
+	hostName   string
+	hub        bool
+	repoScoped bool
 }
 
 // WithHostName makes Host use name instead of "registry.test". The name must
@@ -119,6 +126,12 @@ func Start(t testing.TB, opts ...Option) *Upstream {
 	}
 	u.transport = u.newTransport()
 	u.pushRT = u.transport
+	if cfg.repoScoped {
+		// Before newHub, so that the hub's token check runs first and its
+		// blob redirect asks the repository-scoped registry.
+		u.repos = newRepos(u.registry)
+		u.registry = u.repos
+	}
 	if cfg.hub {
 		u.hub = newHub(u, cfg.hostName)
 		u.pushRT = &pushTransport{key: u.hub.pushKey, next: u.transport}
