@@ -54,7 +54,8 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // tokenServer issues "tok-N" to requests with the right Basic credentials
-// and remembers the scope of each token.
+// and remembers the scope of each token. Like cesanta/docker_auth, it
+// challenges requests without credentials for Basic auth.
 type tokenServer struct {
 	clock    *clock
 	delay    time.Duration
@@ -62,6 +63,7 @@ type tokenServer struct {
 	mu       sync.Mutex
 	scopes   map[string]string // token → scope it was issued for
 	queries  []string          // raw query of each request
+	auths    []string          // Authorization of each request
 }
 
 func (ts *tokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -69,8 +71,12 @@ func (ts *tokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	time.Sleep(ts.delay)
 	ts.mu.Lock()
 	ts.queries = append(ts.queries, r.URL.RawQuery)
+	ts.auths = append(ts.auths, r.Header.Get("Authorization"))
 	ts.mu.Unlock()
 	if u, p, ok := r.BasicAuth(); !ok || u != user || p != pass {
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Basic realm="auth.test"`)
+		}
 		http.Error(w, `{"details":"incorrect username or password"}`, http.StatusUnauthorized)
 		return
 	}
@@ -88,6 +94,12 @@ func (ts *tokenServer) scopeOf(tok string) (string, bool) {
 	defer ts.mu.Unlock()
 	s, ok := ts.scopes[tok]
 	return s, ok
+}
+
+func (ts *tokenServer) seen() (auths []string) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return append([]string(nil), ts.auths...)
 }
 
 func (ts *tokenServer) lastQuery() string {
@@ -108,6 +120,9 @@ type registry struct {
 	mu       sync.Mutex
 	auths    []string // Authorization of each request
 	bodies   []string // body of each request
+	// challengeScope, when set, is the scope the challenge asks for
+	// instead of the one the registry checks.
+	challengeScope string
 }
 
 func (rg *registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -116,16 +131,20 @@ func (rg *registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rg.mu.Lock()
 	rg.auths = append(rg.auths, r.Header.Get("Authorization"))
 	rg.bodies = append(rg.bodies, string(body))
+	asked := rg.challengeScope
 	rg.mu.Unlock()
 	scope := ""
 	if r.URL.Path != "/v2/" {
 		scope = "repository:private/app:pull"
 	}
+	if asked == "" {
+		asked = scope
+	}
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if got, ok := rg.tokens.scopeOf(tok); !ok || got != scope {
 		challenge := fmt.Sprintf(`Bearer realm=%q,service="registry.test"`, rg.realm)
-		if scope != "" {
-			challenge += fmt.Sprintf(`,scope=%q`, scope)
+		if asked != "" {
+			challenge += fmt.Sprintf(`,scope=%q`, asked)
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
 		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
@@ -140,17 +159,36 @@ func (rg *registry) seen() (auths, bodies []string) {
 	return append([]string(nil), rg.auths...), append([]string(nil), rg.bodies...)
 }
 
+func (rg *registry) askScope(scope string) {
+	rg.mu.Lock()
+	defer rg.mu.Unlock()
+	rg.challengeScope = scope
+}
+
 // basicRegistry wants Basic credentials.
-type basicRegistry struct{ requests atomic.Int32 }
+type basicRegistry struct {
+	requests atomic.Int32
+	mu       sync.Mutex
+	auths    []string // Authorization of each request
+}
 
 func (b *basicRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.requests.Add(1)
+	b.mu.Lock()
+	b.auths = append(b.auths, r.Header.Get("Authorization"))
+	b.mu.Unlock()
 	if u, p, ok := r.BasicAuth(); !ok || u != user || p != pass {
 		w.Header().Set("WWW-Authenticate", `Basic realm="basic.test"`)
 		http.Error(w, "no", http.StatusUnauthorized)
 		return
 	}
 	_, _ = io.WriteString(w, "manifest")
+}
+
+func (b *basicRegistry) seen() (auths []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.auths...)
 }
 
 // env is a small world of fake hosts, reached through a dial override:

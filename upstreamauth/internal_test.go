@@ -50,28 +50,6 @@ func TestPickChallenge(t *testing.T) {
 	}
 }
 
-func TestGuessScope(t *testing.T) {
-	t.Parallel()
-	tests := map[string]string{
-		"/v2/":                                    "",
-		"/v2/_catalog":                            "",
-		"/v2/library/alpine/manifests/3.20":       "repository:library/alpine:pull",
-		"/v2/alpine/blobs/sha256:abc":             "repository:alpine:pull",
-		"/v2/a/b/c/tags/list":                     "repository:a/b/c:pull",
-		"/v2/tags/manifests/blobs":                "repository:tags:pull",
-		"/v2/a/blobs/uploads/":                    "",
-		"/v2//manifests/x":                        "",
-		"/v2/manifests/x":                         "",
-		"/v1/library/alpine/manifests/3.20":       "",
-		"/v2/library/alpine/manifests/3.20/extra": "",
-	}
-	for path, want := range tests {
-		if got := guessScope(path); got != want {
-			t.Errorf("guessScope(%q) = %q, want %q", path, got, want)
-		}
-	}
-}
-
 func TestParseToken(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)

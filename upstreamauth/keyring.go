@@ -1,9 +1,16 @@
 // Package upstreamauth owns the credentials that regproxy itself presents
 // upstream, so that anonymous cluster nodes can pull private or paid-account
-// images and stay clear of anonymous rate limits. It parses them (flags, the
-// AUTH_REGISTRIES variable of rpardini/docker-registry-proxy, a docker
-// config.json) into a Keyring, and Transport adds them to upstream requests
-// that carry none, running the registry token handshake when asked to.
+// images and stay clear of anonymous rate limits. It parses them (flags and
+// their @FILE form, the AUTH_REGISTRIES variable of
+// rpardini/docker-registry-proxy, a docker config.json) into a Keyring, and
+// Transport adds them to upstream pulls that carry none, running the
+// registry token handshake when asked to.
+//
+// What they open, and to whom: pulls, to every client that can reach the
+// proxy port. That is GET and HEAD of manifests, blobs and tag lists and
+// the "/v2/" ping, with tokens asked for pull scopes only; mayUseConfigured
+// states the rule. Pushes, uploads, deletes, the catalog and token
+// requests never get them: they go upstream as the client sent them.
 //
 // It does not decide who may use the proxy: anyone who can pull through
 // regproxy can pull whatever the configured accounts can. It does not run
@@ -12,9 +19,9 @@ package upstreamauth
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -88,8 +95,10 @@ func isDockerHub(host string) bool {
 
 // normalizeHost turns a registry name as people write it ("Ghcr.io",
 // "https://index.docker.io/v1/", "localhost:5000/") into a Keyring key:
-// lowercase host[:port], nothing else. Its errors quote the input only when
-// it cannot hold a secret: "user:pass@host" is not echoed.
+// lowercase host[:port], nothing else. Its errors never quote the input:
+// a value in the wrong format ("host:user:password=", as in
+// AUTH_REGISTRIES with a base64 password) puts a password where the host
+// should be.
 func normalizeHost(s string) (string, error) {
 	s = strings.ToLower(strings.TrimSpace(s))
 	if strings.ContainsAny(s, "@ \t") {
@@ -98,7 +107,7 @@ func normalizeHost(s string) (string, error) {
 	if strings.Contains(s, "://") {
 		u, err := url.Parse(s)
 		if err != nil {
-			return "", fmt.Errorf("registry URL %q does not parse", s)
+			return "", errors.New("registry URL does not parse")
 		}
 		s = u.Host
 	} else if i := strings.IndexByte(s, '/'); i >= 0 {
@@ -107,8 +116,28 @@ func normalizeHost(s string) (string, error) {
 	switch {
 	case s == "":
 		return "", errors.New("empty registry host")
-	case strings.ContainsAny(s, "?#"):
-		return "", fmt.Errorf("registry host %q is not host[:port]", s)
+	case !isHostPort(s):
+		return "", errors.New("registry host is not host[:port]")
 	}
 	return s, nil
+}
+
+// isHostPort reports whether s is a host name ([a-z0-9._-]) or an IP
+// address, with an optional numeric port.
+func isHostPort(s string) bool {
+	host := s
+	if h, port, err := net.SplitHostPort(s); err == nil {
+		if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+			return false
+		}
+		host = h
+	}
+	if ip := strings.Trim(host, "[]"); strings.Contains(ip, ":") {
+		return net.ParseIP(ip) != nil // IPv6; "host:user:pw" is not one
+	}
+	return host != "" && strings.IndexFunc(host, notHostRune) < 0
+}
+
+func notHostRune(r rune) bool {
+	return !('a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '.' || r == '-' || r == '_')
 }

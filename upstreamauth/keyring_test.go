@@ -32,6 +32,10 @@ func TestParseFlag(t *testing.T) {
 		{in: "ghcr.io=:secretpw", wantErr: true},
 		{in: "ghcr.io=bob:", wantErr: true},
 		{in: "me:secretpw@ghcr.io=bob:pw", wantErr: true},
+		{in: "ghcr.io:bob:secretpw==", wantErr: true}, // AUTH_REGISTRIES format, base64 password
+		{in: "ghcr.io:secretpw=bob:pw", wantErr: true},
+		{in: "[::1]:5000=bob:pw", wantHost: "[::1]:5000", want: creds{"bob", "pw"}},
+		{in: "reg_1.local=bob:pw", wantHost: "reg_1.local", want: creds{"bob", "pw"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

@@ -17,19 +17,75 @@ import (
 // ParseFlag parses one --auth-registry value "HOST=USER:PASSWORD". The host
 // ends at the first '=' and the user at the first ':' after it, so the
 // password may contain both ':' and '='. An empty user or password is an
-// error (the usual cause is an unset shell variable).
+// error (the usual cause is an unset shell variable). A value that starts
+// with '@' names a file of such values: see LoadFlagFile.
 func ParseFlag(s string) (host string, c Credentials, err error) {
-	h, userpass, ok := strings.Cut(s, "=")
-	if !ok {
-		return "", Credentials{}, errors.New("--auth-registry: want HOST=USER:PASSWORD")
-	}
-	host, err = normalizeHost(h)
+	host, c, err = parseEntry(s)
 	if err != nil {
 		return "", Credentials{}, fmt.Errorf("--auth-registry: %w", err)
 	}
+	return host, c, nil
+}
+
+// ParseFlagValue parses one --auth-registry value: "HOST=USER:PASSWORD"
+// (see ParseFlag), or "@FILE" for a file of them (see LoadFlagFile).
+func ParseFlagValue(v string) (Keyring, error) {
+	if file, ok := strings.CutPrefix(v, "@"); ok {
+		return LoadFlagFile(file)
+	}
+	host, c, err := ParseFlag(v)
+	if err != nil {
+		return nil, err
+	}
+	return Keyring{host: c}, nil
+}
+
+// LoadFlagFile reads the file named by an --auth-registry value "@FILE":
+// one HOST=USER:PASSWORD a line, as ParseFlag reads them, so that
+// passwords stay out of the process list. Blank lines and lines whose
+// first non-blank character is '#' are skipped; spaces around a line are
+// dropped (a password cannot end in a space). Later lines override
+// earlier ones. A file without any entry is an error: it is most likely a
+// secret that was not mounted. Errors name the file and the line, and of
+// the line's content at most its host, never a password.
+func LoadFlagFile(path string) (Keyring, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--auth-registry @%s: %w", path, err)
+	}
+	k := Keyring{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		host, c, err := parseEntry(line)
+		if err != nil {
+			return nil, fmt.Errorf("--auth-registry @%s, line %d: %w", path, i+1, err)
+		}
+		k[host] = c
+	}
+	if len(k) == 0 {
+		return nil, fmt.Errorf("--auth-registry @%s: no HOST=USER:PASSWORD line", path)
+	}
+	return k, nil
+}
+
+// parseEntry parses "HOST=USER:PASSWORD" for ParseFlag and LoadFlagFile.
+// Its errors start with the host once it is known to be one, and quote
+// nothing else.
+func parseEntry(s string) (host string, c Credentials, err error) {
+	h, userpass, ok := strings.Cut(s, "=")
+	if !ok {
+		return "", Credentials{}, errors.New("want HOST=USER:PASSWORD")
+	}
+	host, err = normalizeHost(h)
+	if err != nil {
+		return "", Credentials{}, err
+	}
 	user, pass, ok := strings.Cut(userpass, ":")
 	if c, err = checkCreds(user, pass, ok); err != nil {
-		return "", Credentials{}, fmt.Errorf("--auth-registry %s: %w", host, err)
+		return "", Credentials{}, fmt.Errorf("%s: %w", host, err)
 	}
 	return host, c, nil
 }

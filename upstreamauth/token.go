@@ -20,12 +20,17 @@ const (
 	// defaultTokenLife is assumed when the server gives no expires_in, as
 	// the token spec says.
 	defaultTokenLife = 60 * time.Second
-	// pruneAt is the cache size past which expired entries are dropped.
-	pruneAt = 1024
+	// maxTokens bounds the token cache. Its keys come from paths that
+	// clients choose, so without a bound any client could grow it without
+	// end with made-up repository names. The least recently used entry
+	// goes first. 1024 entries are a few MiB for tokens of a few KiB (64
+	// MiB if every token were maxTokenBody long), and more repositories
+	// than a cluster pulls within a token's life.
+	maxTokens = 1024
 )
 
-// tokenKey names a cache entry: a registry "host:port" and the token scope
-// guessed from the request path (or basicScope).
+// tokenKey names a cache entry: a registry "host:port" and the pull scope
+// of the request path ("repository:NAME:pull", or "" for the ping).
 type tokenKey struct{ host, scope string }
 
 // cached is a ready Authorization value and when to stop sending it.
@@ -47,9 +52,9 @@ type flight struct {
 // waits only as long as its own ctx allows.
 func (t *Transport) token(ctx context.Context, key tokenKey, ch challenge, creds Credentials) (string, error) {
 	t.mu.Lock()
-	if c, ok := t.tokens[key]; ok && t.now().Before(c.expires) {
+	if auth := t.freshLocked(key); auth != "" {
 		t.mu.Unlock() // another request refreshed it meanwhile
-		return c.auth, nil
+		return auth, nil
 	}
 	f, ok := t.inflight[key]
 	if !ok {
@@ -68,11 +73,13 @@ func (t *Transport) token(ctx context.Context, key tokenKey, ch challenge, creds
 
 // fill runs one token fetch for key and publishes its result. It is detached
 // from the request that started it (others wait on it too) and bounded by
-// tokenTimeout.
+// tokenTimeout. The token asked for may pull and do nothing else, whatever
+// the challenge wanted: it is fetched for a pull, with the configured
+// credentials.
 func (t *Transport) fill(ctx context.Context, key tokenKey, f *flight, ch challenge, creds Credentials) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenTimeout)
 	defer cancel()
-	scope := ch.params["scope"]
+	scope := pullScopes(ch.params["scope"])
 	if scope == "" {
 		scope = key.scope
 	}
@@ -199,15 +206,21 @@ func (t *Transport) put(key tokenKey, auth string, expires time.Time) {
 }
 
 func (t *Transport) putLocked(key tokenKey, auth string, expires time.Time) {
-	if len(t.tokens) >= pruneAt {
-		now := t.now()
-		for k, c := range t.tokens {
-			if !now.Before(c.expires) {
-				delete(t.tokens, k)
-			}
-		}
+	t.tokens.Add(key, cached{auth: auth, expires: expires}) // evicts the oldest past maxTokens
+}
+
+// freshLocked returns key's Authorization value if it has not expired, or
+// "". An expired entry is dropped on the way.
+func (t *Transport) freshLocked(key tokenKey) string {
+	c, ok := t.tokens.Get(key)
+	if !ok {
+		return ""
 	}
-	t.tokens[key] = cached{auth: auth, expires: expires}
+	if !t.now().Before(c.expires) {
+		t.tokens.Remove(key)
+		return ""
+	}
+	return c.auth
 }
 
 // forget drops key's entry if it still holds auth, which upstream refused;
@@ -215,7 +228,7 @@ func (t *Transport) putLocked(key tokenKey, auth string, expires time.Time) {
 func (t *Transport) forget(key tokenKey, auth string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.tokens[key].auth == auth {
-		delete(t.tokens, key)
+	if c, ok := t.tokens.Peek(key); ok && c.auth == auth {
+		t.tokens.Remove(key)
 	}
 }

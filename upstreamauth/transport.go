@@ -5,23 +5,21 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // drainLimit bounds how much of a dropped response body is read so that its
 // connection can be reused; past it, closing is cheaper than reading.
 const drainLimit = 64 << 10
 
-// basicTTL is how long a host that answered Basic credentials is sent them
-// up front, before a fresh 401 is allowed to tell otherwise.
+// basicTTL is how long Basic credentials that a registry accepted for a
+// pull are sent up front on pulls of the same repository, before a fresh
+// 401 is allowed to tell otherwise.
 const basicTTL = time.Hour
-
-// basicScope is the scope slot under which a host's Basic credentials are
-// remembered. Scopes never begin with a space.
-const basicScope = " basic"
 
 // Options configures a Transport.
 type Options struct {
@@ -32,25 +30,32 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Transport adds configured credentials to upstream requests that carry
-// none. A request that brings its own Authorization, or goes to a host
-// without credentials in the keyring, passes through untouched.
+// Transport adds configured credentials to upstream pulls that carry none.
+// mayUseConfigured says which requests those are: GET and HEAD of
+// manifests, blobs and tag lists, and the "/v2/" ping. Every other request
+// (a push, an upload, a delete, a token request), and any request that
+// brings its own Authorization or goes to a host without credentials in
+// the keyring, passes through untouched.
 //
-// For the others, Transport speaks the registry token handshake
+// For pulls, Transport speaks the registry token handshake
 // (https://distribution.github.io/distribution/spec/auth/token/):
 //
-//  1. If a token cached for (host, scope guessed from the path) is still
-//     fresh, send it (or the Basic credentials the host accepted before);
-//     otherwise send the request as it is.
+//  1. If an Authorization value cached for (host, "repository:NAME:pull"
+//     of the path) is still fresh, send it; otherwise send the request as
+//     it is.
 //  2. On 401 with a Bearer challenge, GET the challenge's realm with
 //     ?service=…&scope=… and Basic auth of the configured credentials, over
-//     the same inner transport (checkRealm says which realms qualify).
-//  3. Cache the token under (host, guessed scope), where step 1 of the
-//     next request looks, until a tenth of its life before it expires. One
-//     fetch per key at a time, however many requests want it.
+//     the same inner transport (checkRealm says which realms qualify). The
+//     scope asked for is the challenge's, cut down to pull (pullScopes).
+//  3. Cache the token under (host, pull scope of the path), where step 1
+//     of the next pull looks, until a tenth of its life before it expires.
+//     One fetch per key at a time, however many requests want it. The
+//     cache holds at most maxTokens entries, whatever names clients make up.
 //  4. Retry the request once with "Authorization: Bearer <token>".
 //
-// A Basic challenge is answered with a single retry in Basic auth instead.
+// A Basic challenge is answered with a single retry in Basic auth instead;
+// credentials that worked are cached like a token, under the same key, so
+// they too are only ever sent up front on pulls of that repository.
 // Only replayable requests are retried (no body, or GetBody set). Whenever
 // the handshake fails the caller gets the registry's own 401, challenge and
 // body included, never an error of ours in its place.
@@ -60,9 +65,11 @@ type Transport struct {
 	now   func() time.Time
 	log   *slog.Logger
 
-	mu       sync.Mutex // guards tokens and inflight; never held during I/O
-	tokens   map[tokenKey]cached
-	inflight map[tokenKey]*flight
+	// mu guards inflight, and makes a cache miss and the start of its
+	// fetch one step; it is never held during I/O.
+	mu       sync.Mutex
+	tokens   *lru.Cache[tokenKey, cached] // at most maxTokens entries
+	inflight map[tokenKey]*flight         // as many as requests in flight
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -73,9 +80,10 @@ func New(inner http.RoundTripper, keys Keyring, opts Options) *Transport {
 	if inner == nil {
 		inner = http.DefaultTransport
 	}
+	tokens, _ := lru.New[tokenKey, cached](maxTokens) // errs only for a size <= 0
 	t := &Transport{
 		inner: inner, keys: Merge(nil, keys), now: opts.Now, log: opts.Logger,
-		tokens: map[tokenKey]cached{}, inflight: map[tokenKey]*flight{},
+		tokens: tokens, inflight: map[tokenKey]*flight{},
 	}
 	if t.now == nil {
 		t.now = time.Now
@@ -88,9 +96,9 @@ func New(inner http.RoundTripper, keys Keyring, opts Options) *Transport {
 
 // RoundTrip implements http.RoundTripper. It never modifies req.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	// A client that brings its own credentials always wins: its token may
-	// grant what ours does not, and it is not ours to replace.
-	if req.Header.Get("Authorization") != "" {
+	// The one place where the policy is applied: what it refuses goes
+	// upstream as the client sent it.
+	if !mayUseConfigured(req) {
 		return t.inner.RoundTrip(req)
 	}
 	host := strings.ToLower(req.URL.Host)
@@ -101,7 +109,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return t.inner.RoundTrip(req)
 	}
-	return t.authorized(req, tokenKey{host, guessScope(req.URL.Path)}, creds)
+	repo, _ := pullRepo(req.URL.Path)
+	return t.authorized(req, tokenKey{host, repoScope(repo)}, creds)
 }
 
 // CloseIdleConnections closes the idle connections of the inner transport,
@@ -112,18 +121,19 @@ func (t *Transport) CloseIdleConnections() {
 	}
 }
 
-// authorized sends req with whatever credentials are cached for key and, on
-// a 401 it can answer, once more with fresh ones. The Authorization values
-// it adds only ever go to key.host, the host they were configured or issued
-// for: the cache is keyed by it.
+// authorized sends req, a pull (mayUseConfigured), with whatever
+// credentials are cached for key and, on a 401 it can answer, once more
+// with fresh ones. The Authorization values it adds only ever go to
+// key.host, the host they were configured or issued for: the cache is
+// keyed by it.
 func (t *Transport) authorized(req *http.Request, key tokenKey, creds Credentials) (*http.Response, error) {
-	sentKey, sent := t.cached(key)
+	sent := t.cached(key)
 	resp, err := t.inner.RoundTrip(withAuth(req, sent))
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
 	if sent != "" {
-		t.forget(sentKey, sent) // refused: revoked, expired early, or too narrow
+		t.forget(key, sent) // refused: revoked, expired early, or too narrow
 	}
 	if !replayable(req) {
 		return resp, nil
@@ -146,12 +156,13 @@ func (t *Transport) authorized(req *http.Request, key tokenKey, creds Credential
 }
 
 // settle records how the retry with auth went: Basic credentials that
-// worked are sent up front from now on; a fresh token that was refused all
-// the same is not sent again.
+// worked are sent up front on later pulls under key (never on a host's
+// other requests: the key names a pull scope); a fresh token that was
+// refused all the same is not sent again.
 func (t *Transport) settle(key tokenKey, auth string, worked bool) {
 	switch {
 	case worked && strings.HasPrefix(auth, "Basic "):
-		t.put(tokenKey{key.host, basicScope}, auth, t.now().Add(basicTTL))
+		t.put(key, auth, t.now().Add(basicTTL))
 	case !worked:
 		t.forget(key, auth)
 	}
@@ -172,18 +183,11 @@ func (t *Transport) answer(req *http.Request, resp *http.Response, key tokenKey,
 	return auth, err == nil // fill logged the failure, once for all waiters
 }
 
-// cached returns the fresh Authorization value for key, or the host's
-// remembered Basic credentials, with the key it was found under.
-func (t *Transport) cached(key tokenKey) (tokenKey, string) {
+// cached returns the fresh Authorization value for key, or "".
+func (t *Transport) cached(key tokenKey) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
-	for _, k := range []tokenKey{key, {key.host, basicScope}} {
-		if c, ok := t.tokens[k]; ok && now.Before(c.expires) {
-			return k, c.auth
-		}
-	}
-	return key, ""
+	return t.freshLocked(key)
 }
 
 // withAuth returns req, or a copy of it with Authorization set to auth.
@@ -224,25 +228,4 @@ func basicAuth(c Credentials) string {
 func drain(resp *http.Response) {
 	_, _ = io.CopyN(io.Discard, resp.Body, drainLimit)
 	_ = resp.Body.Close()
-}
-
-// guessScope guesses the token scope a request path needs, so that a cached
-// token can be sent before any challenge: "/v2/<name>/manifests/<ref>",
-// "/v2/<name>/blobs/<digest>" and "/v2/<name>/tags/list" need
-// "repository:<name>:pull"; anything else (the "/v2/" ping, say) gets "".
-func guessScope(path string) string {
-	rest, ok := strings.CutPrefix(path, "/v2/")
-	if !ok {
-		return ""
-	}
-	segs := strings.Split(rest, "/")
-	n := len(segs)
-	if n < 3 || slices.Contains(segs[:n-2], "") {
-		return ""
-	}
-	switch segs[n-2] {
-	case "manifests", "blobs", "tags":
-		return "repository:" + strings.Join(segs[:n-2], "/") + ":pull"
-	}
-	return ""
 }

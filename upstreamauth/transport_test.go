@@ -185,7 +185,7 @@ func TestRequestBodies(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, aliceAt("registry.test"))
-			req, _ := http.NewRequest(http.MethodPut, manifestURL, tt.body)
+			req, _ := http.NewRequest(http.MethodGet, manifestURL, tt.body)
 			resp, _ := e.do(t, req)
 			if resp.StatusCode != tt.wantCode {
 				t.Errorf("got %d, want %d", resp.StatusCode, tt.wantCode)
