@@ -8,7 +8,7 @@ build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/regproxy
 
 run: build
-	./$(BIN) serve --data-dir ./data
+	./$(BIN) serve --data-dir ./data --listen 127.0.0.1:3128
 
 test-deps:
 	scripts/install-test-deps.sh

@@ -11,6 +11,7 @@ require (
 	github.com/peterbourgon/diskv/v3 v3.0.1
 	github.com/urfave/cli/v2 v2.27.7
 	go.uber.org/goleak v1.3.0
+	golang.org/x/crypto v0.48.0
 )
 
 require (

@@ -4,10 +4,16 @@
 // nothing of proxies or HTTP.
 //
 // A CA comes from LoadOrCreate (files regproxy generated itself on first
-// start) or LoadFiles (a CA the operator supplies). Leaf is safe for
-// concurrent use and is meant to back tls.Config.GetCertificate. Every leaf
-// shares one ECDSA P-256 key held only in memory, so minting costs a single
-// signature; the key dies with the process, and with it every leaf.
+// start), Generate (a new CA on request, optionally name-constrained to the
+// registries, so that a stolen key cannot vouch for any other name) or
+// LoadFiles (a CA the operator supplies). CheckModes reports a CA directory
+// that other users can get at.
+//
+// Leaf is safe for concurrent use and is meant to back
+// tls.Config.GetCertificate. Every leaf shares one ECDSA P-256 key held only
+// in memory, so minting costs a single signature; the key dies with the
+// process, and with it every leaf. Leaf signs for any valid host: name
+// constraints bind the clients that verify leaves, not the minting.
 //
 // The package does not install the CA into any trust store, does not revoke,
 // and never writes leaves to disk.

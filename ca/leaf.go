@@ -137,7 +137,6 @@ func (c *CA) leafTemplate(host string, now time.Time) (*x509.Certificate, error)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: host},
 		NotBefore:    now.Add(-clockSkew),
 		NotAfter:     notAfter,
 		// ECDSA keys only sign; KeyEncipherment would be for RSA key transport.
@@ -148,8 +147,13 @@ func (c *CA) leafTemplate(host string, now time.Time) (*x509.Certificate, error)
 	// Clients match only SANs, never the CN (RFC 6125 §6.4.4), so the SAN
 	// type must be right: an IP in a DNS SAN would not verify.
 	if ip := net.ParseIP(host); ip != nil {
+		// No CN: OpenSSL checks a CN that looks like a DNS name ("10.0.0.5"
+		// does) against the CA's DNS name constraints when a leaf has no DNS
+		// SAN, and would refuse it. With an empty subject, Go marks the SAN
+		// critical, as RFC 5280 §4.2.1.6 requires.
 		tmpl.IPAddresses = []net.IP{ip}
 	} else {
+		tmpl.Subject = pkix.Name{CommonName: host}
 		tmpl.DNSNames = []string{host}
 	}
 	return tmpl, nil

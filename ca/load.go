@@ -34,9 +34,9 @@ var (
 )
 
 // LoadOrCreate loads dir/ca.crt and dir/ca.key, or generates them on first
-// start: ECDSA P-256, self-signed, valid for 10 years. dir is created 0700,
-// the key written 0600 and the certificate 0644, each atomically. A later
-// call reuses the same files.
+// start: ECDSA P-256, self-signed, valid for 10 years, without name
+// constraints. dir is created 0700, the key written 0600 and the certificate
+// 0644, each atomically. A later call reuses the same files.
 func LoadOrCreate(dir string, opts Options) (*CA, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -52,10 +52,55 @@ func LoadOrCreate(dir string, opts Options) (*CA, error) {
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("ca: %w", err)
 	}
+	return create(dir, nil, opts)
+}
+
+// Generate writes a new CA to dir as LoadOrCreate would, replacing any CA
+// already there, and loads it. A non-empty permit (DNS names and IP
+// literals, without ports) name-constrains the CA to those hosts: see
+// constrain. Nodes that trusted a replaced CA must trust the new one.
+func Generate(dir string, permit []string, opts Options) (*CA, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return create(dir, permit, opts)
+}
+
+// Exists reports whether dir holds a CA certificate, which LoadOrCreate
+// would load rather than generate.
+func Exists(dir string) (bool, error) {
+	switch _, err := os.Stat(filepath.Join(dir, certName)); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	default:
+		return false, fmt.Errorf("ca: %w", err)
+	}
+}
+
+// create generates a CA pair in memory, then writes it to dir and loads it;
+// opts must already hold defaults. Any old certificate is removed before the
+// new key is written, so that a crash between the two writes leaves a key
+// without a certificate (which LoadOrCreate replaces), never a mismatched
+// pair.
+func create(dir string, permit []string, opts Options) (*CA, error) {
+	certPEM, keyPEM, err := newPair(opts.Now(), permit)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	if err := generate(certFile, keyFile, opts.Now()); err != nil {
+	certFile, keyFile := filepath.Join(dir, certName), filepath.Join(dir, keyName)
+	if err := os.Remove(certFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if err := writeAtomic(keyFile, keyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := writeAtomic(certFile, certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	return load(certFile, keyFile, opts)
@@ -178,29 +223,31 @@ func checkCA(cert *x509.Certificate, now time.Time) error {
 	return nil
 }
 
-// generate creates a fresh self-signed CA and writes it to certFile and
-// keyFile, the key first (see LoadOrCreate).
-func generate(certFile, keyFile string, now time.Time) error {
+// newPair creates a fresh self-signed CA, name-constrained to permit if it
+// is not empty, and returns its certificate and key in PEM.
+func newPair(now time.Time, permit []string) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("ca: generate key: %w", err)
+		return nil, nil, fmt.Errorf("ca: generate key: %w", err)
 	}
 	tmpl, err := caTemplate(now)
 	if err != nil {
-		return err
+		return nil, nil, err
+	}
+	if len(permit) > 0 {
+		if err := constrain(tmpl, permit); err != nil {
+			return nil, nil, err // already says "ca: invalid host"
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return fmt.Errorf("ca: self-sign: %w", err)
+		return nil, nil, fmt.Errorf("ca: self-sign: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return fmt.Errorf("ca: marshal key: %w", err)
+		return nil, nil, fmt.Errorf("ca: marshal key: %w", err)
 	}
-	if err := writeAtomic(keyFile, pemBytes("PRIVATE KEY", keyDER), 0o600); err != nil {
-		return err
-	}
-	return writeAtomic(certFile, pemBytes("CERTIFICATE", der), 0o644)
+	return pemBytes("CERTIFICATE", der), pemBytes("PRIVATE KEY", keyDER), nil
 }
 
 // caTemplate describes regproxy's own CA. MaxPathLen 0 means the key can

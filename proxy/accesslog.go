@@ -103,9 +103,10 @@ func (p *Proxy) accessLog(next http.Handler) http.Handler {
 }
 
 // logLine writes one access-log line. It never logs headers or query
-// strings, which may carry tokens.
+// strings, which may carry tokens. Under --htpasswd it names the user who
+// authenticated the CONNECT, but never a password.
 func (p *Proxy) logLine(r *http.Request, host, repo, ref, outcome string, status int, bytes int64, d time.Duration) {
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("host", host),
 		slog.String("repo", repo),
@@ -114,7 +115,11 @@ func (p *Proxy) logLine(r *http.Request, host, repo, ref, outcome string, status
 		slog.Int("status", status),
 		slog.Int64("bytes", bytes),
 		slog.Duration("duration", d),
-	)
+	}
+	if user := userOf(r); user != "" {
+		attrs = append(attrs, slog.String("user", user))
+	}
+	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
 // ReadFrom hands bulk copies to the connection's own pooled copy, so that

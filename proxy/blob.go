@@ -23,32 +23,58 @@ const maxJoinAttempts = 3
 const maxErrorBody = 64 << 10
 
 // serveBlob answers GET and HEAD of a blob: from the store on a hit, else
-// by joining (or starting) the one fill for that digest.
+// by joining (or starting) the one fill for that digest. Whatever comes
+// from the cache or from another client's fill passes the gate first.
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
+	g := &gate{p: p, rp: rp}
 	if r.Method == http.MethodHead {
-		if p.serveBlobHit(w, r, rp) {
-			return nil
+		if handled, err := p.serveBlobHit(w, r, g); handled {
+			return err
 		}
-		return p.headBlobMiss(w, r, rp)
+		return p.headBlobMiss(w, r, g)
 	}
-	return p.fillBlob(w, r, rp)
+	return p.fillBlob(w, r, g)
+}
+
+// gate admits a request (see admit) at most once, the first time it is
+// about to be answered from the cache or from a fill it did not start.
+type gate struct {
+	p      *Proxy
+	rp     regPath
+	passed bool
+}
+
+// pass reports whether the request may go on; if not, it has been answered.
+func (g *gate) pass(w http.ResponseWriter, r *http.Request) (bool, error) {
+	if g.passed {
+		return true, nil
+	}
+	ok, err := g.p.admit(w, r, g.rp)
+	g.passed = ok
+	return ok, err
 }
 
 // serveBlobHit serves a committed blob straight from its file: Range,
-// HEAD and conditional requests come from http.ServeContent.
-func (p *Proxy) serveBlobHit(w http.ResponseWriter, r *http.Request, rp regPath) bool {
-	f, err := p.store.Open(r.Context(), cachestore.BlobKey(rp.Digest))
+// HEAD and conditional requests come from http.ServeContent. It reports
+// whether it answered the request, with the blob or with the gate's
+// refusal.
+func (p *Proxy) serveBlobHit(w http.ResponseWriter, r *http.Request, g *gate) (bool, error) {
+	d := g.rp.Digest
+	f, err := p.store.Open(r.Context(), cachestore.BlobKey(d))
 	if err != nil {
 		if !errors.Is(err, cachestore.ErrNotFound) {
-			p.log.Warn("cache read failed; fetching upstream", "digest", rp.Digest, "err", err)
+			p.log.Warn("cache read failed; fetching upstream", "digest", d, "err", err)
 		}
-		return false
+		return false, nil
 	}
 	defer f.Close()
+	if ok, err := g.pass(w, r); !ok {
+		return true, err
+	}
 	setOutcome(r, outcomeHit)
-	setBlobHeaders(w.Header(), rp.Digest)
+	setBlobHeaders(w.Header(), d)
 	http.ServeContent(w, r, "", time.Time{}, f)
-	return true
+	return true, nil
 }
 
 // setBlobHeaders sets what a registry sends with a blob, so that a hit
@@ -62,10 +88,13 @@ func setBlobHeaders(h http.Header, d digest.Digest) {
 
 // headBlobMiss answers a HEAD from a fill in progress, which already
 // knows the size, else passes it upstream.
-func (p *Proxy) headBlobMiss(w http.ResponseWriter, r *http.Request, rp regPath) error {
-	if f := p.fills.Lookup(rp.Digest); f != nil && f.Wait(r.Context()) == nil && f.Size() >= 0 {
+func (p *Proxy) headBlobMiss(w http.ResponseWriter, r *http.Request, g *gate) error {
+	if f := p.fills.Lookup(g.rp.Digest); f != nil && f.Wait(r.Context()) == nil && f.Size() >= 0 {
+		if ok, err := g.pass(w, r); !ok {
+			return err
+		}
 		setOutcome(r, outcomeJoin)
-		setBlobHeaders(w.Header(), rp.Digest)
+		setBlobHeaders(w.Header(), g.rp.Digest)
 		w.Header().Set("Content-Length", fmt.Sprint(f.Size()))
 		w.Header().Set("Accept-Ranges", "bytes")
 		w.WriteHeader(http.StatusOK)
@@ -77,20 +106,23 @@ func (p *Proxy) headBlobMiss(w http.ResponseWriter, r *http.Request, rp regPath)
 }
 
 // fillBlob serves a blob miss from the fill for its digest, starting the
-// fill if there is none.
-func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
+// fill if there is none. The leader's own upstream request is its check;
+// a request that joins another's fill passes the gate first.
+func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, g *gate) error {
 	for range maxJoinAttempts {
-		if p.serveBlobHit(w, r, rp) {
-			return nil
+		if handled, err := p.serveBlobHit(w, r, g); handled {
+			return err
 		}
-		f, leader, err := p.fills.Join(r.Context(), rp.Digest)
+		f, leader, err := p.fills.Join(r.Context(), g.rp.Digest)
 		if err != nil {
 			return errUpstream(targetOf(r), err)
 		}
 		if leader {
-			if handled, err := p.startFill(w, r, f); handled {
+			if handled, err := p.startFill(w, r, g.rp, f); handled {
 				return err
 			}
+		} else if ok, err := g.pass(w, r); !ok {
+			return err
 		}
 		rd, err := f.NewReader(r.Context())
 		if errors.Is(err, fill.ErrAbandoned) || errors.Is(err, fill.ErrFinished) {
@@ -112,13 +144,14 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, rp regPath) err
 // context. A 200 starts the fill; anything else is relayed to this client
 // (a 401 with its challenge, a 404) and the fill is abandoned, so that
 // waiting requests ask upstream with their own credentials.
-func (p *Proxy) startFill(w http.ResponseWriter, r *http.Request, f *fill.Fill) (handled bool, err error) {
+func (p *Proxy) startFill(w http.ResponseWriter, r *http.Request, rp regPath, f *fill.Fill) (handled bool, err error) {
 	target := targetOf(r)
 	resp, err := p.fetch.Do(upstreamRequest(f.Context(), r, target, http.MethodGet))
 	if err != nil {
 		f.Abandon()
 		return true, errUpstream(target, err)
 	}
+	p.learnFrom(clientOf(r, rp.Name), rp, resp)
 	if resp.StatusCode != http.StatusOK {
 		// Read the (small) error body before Abandon ends the fill's
 		// context, under which it arrives.

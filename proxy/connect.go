@@ -16,15 +16,16 @@ import (
 )
 
 // This is the only file that knows goproxy. goproxy parses and routes
-// CONNECTs and runs raw tunnels; intercepted connections are handed to one
-// long-lived net/http Server (mitmSrv), so that the cache is a plain
-// http.Handler with net/http's framing, limits and timeouts.
+// CONNECTs. Raw tunnels are run by tunnel.go; intercepted connections are
+// handed to one long-lived net/http Server (mitmSrv), so that the cache is
+// a plain http.Handler with net/http's framing, limits and timeouts.
 
 // newFrontServer serves the proxy port.
 func (p *Proxy) newFrontServer() *http.Server {
 	gp := goproxy.NewProxyHttpServer()
 	// goproxy's default dialer honours HTTPS_PROXY; ours never does and
-	// applies --resolve instead.
+	// applies --resolve and the address guard instead. (regproxy runs its
+	// tunnels itself; this covers any ConnectAccept all the same.)
 	gp.ConnectDial = nil
 	gp.ConnectDialWithReq = func(req *http.Request, network, addr string) (net.Conn, error) {
 		return p.dial.DialContext(req.Context(), network, addr)
@@ -33,24 +34,55 @@ func (p *Proxy) newFrontServer() *http.Server {
 	gp.Logger = log.New(io.Discard, "", 0)
 	gp.NonproxyHandler = p.accessLog(http.HandlerFunc(p.servePlain))
 	gp.OnRequest().HandleConnectFunc(p.handleConnect)
-	// Absolute-URI requests would make regproxy an open forward proxy.
 	gp.OnRequest().DoFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-		p.logLine(r, r.URL.Host, "", "", "DENIED", http.StatusForbidden, 0, 0)
-		return r, goproxy.NewResponse(r, "text/plain", http.StatusForbidden,
-			"regproxy forwards only CONNECT; plain HTTP proxying is refused\n")
+		return r, p.refusePlainProxy(r)
 	})
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           gp,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		// The guard refuses tunnels to the proxy's own address, which
+		// is known only once it serves.
+		BaseContext: func(ln net.Listener) context.Context {
+			p.dial.serving(ln.Addr())
+			return context.Background()
+		},
 	}
+	// Tunnels are hijacked connections, which Shutdown does not track.
+	srv.RegisterOnShutdown(p.tunnels.close)
+	return srv
 }
 
-// handleConnect decides each CONNECT: reject a malformed target, intercept
-// an allow-listed one, tunnel the rest.
+// refusePlainProxy answers an absolute-URI request, which would make
+// regproxy an open forward proxy: 403, or 407 to a client that --htpasswd
+// does not let in, which learns nothing of the policy.
+func (p *Proxy) refusePlainProxy(r *http.Request) *http.Response {
+	r, ok := p.authenticate(r)
+	if !ok {
+		p.logLine(r, r.URL.Host, "", "", "DENIED", http.StatusProxyAuthRequired, 0, 0)
+		return challenge(r)
+	}
+	p.logLine(r, r.URL.Host, "", "", "DENIED", http.StatusForbidden, 0, 0)
+	return goproxy.NewResponse(r, "text/plain", http.StatusForbidden,
+		"regproxy forwards only CONNECT; plain HTTP proxying is refused\n")
+}
+
+// handleConnect decides each CONNECT: ask for credentials under
+// --htpasswd, reject a malformed target, intercept an allow-listed one,
+// tunnel the rest as the tunnel policy permits.
 func (p *Proxy) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	// Credentials come first: a client without them learns nothing of
+	// the target or the policy, and reaches neither a tunnel nor the
+	// registry server. ctx.Req carries the user from here on.
+	r, ok := p.authenticate(ctx.Req)
+	if !ok {
+		ctx.Resp = challenge(ctx.Req)
+		p.logLine(ctx.Req, target, "", "", "DENIED", http.StatusProxyAuthRequired, 0, 0)
+		return goproxy.RejectConnect, target
+	}
+	ctx.Req = r
 	host, _, err := splitTarget(target)
 	if err != nil {
 		// goproxy would dial ":80" for a target without a port and answer
@@ -60,25 +92,44 @@ func (p *Proxy) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.Co
 		return goproxy.RejectConnect, target
 	}
 	if !p.allow.Intercepts(target) {
-		p.logLine(ctx.Req, target, "", "", "TUNNEL", http.StatusOK, 0, 0)
-		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, target
+		return p.tunnelAction(target, ctx)
 	}
 	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
-		p.intercept(client, target, host)
+		p.intercept(client, target, host, userOf(r))
+	}}, target
+}
+
+// tunnelAction refuses a target that --tunnel deny leaves out, before
+// anything is dialled, and otherwise takes the connection over: regproxy
+// runs its tunnels itself (tunnel.go), to guard the address it dials, cap
+// tunnels per client and close idle ones, none of which goproxy's
+// ConnectAccept does.
+func (p *Proxy) tunnelAction(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	if !p.tunnels.permits(target) {
+		ctx.Resp = goproxy.NewResponse(ctx.Req, "text/plain", http.StatusForbidden,
+			"regproxy: CONNECT "+target+" refused: not on the tunnel allow-list\n")
+		p.logLine(ctx.Req, target, "", "", "DENIED", http.StatusForbidden, 0, 0)
+		return goproxy.RejectConnect, target
+	}
+	// ctx.Req, not the request goproxy passes, carries the user.
+	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+		p.tunnel(ctx.Req, client, target)
 	}}, target
 }
 
 // intercept answers the CONNECT and hands the connection, wrapped in TLS
-// with a leaf for host, to the registry server.
+// with a leaf for host, to the registry server. This is the registry
+// server's only source of connections, and handleConnect calls it only
+// for a client it let in (user, under --htpasswd).
 //
 // goproxy's ConnectHijack drops bytes a client sent together with its
 // CONNECT; Go clients and curl wait for the 200 first, so none are lost.
-func (p *Proxy) intercept(client net.Conn, target, host string) {
+func (p *Proxy) intercept(client net.Conn, target, host, user string) {
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		client.Close()
 		return
 	}
-	conn := tls.Server(&targetConn{Conn: client, target: target, host: host}, p.tlsConfig)
+	conn := tls.Server(&targetConn{Conn: client, target: target, host: host, user: user}, p.tlsConfig)
 	if !p.mitm.deliver(conn) {
 		conn.Close()
 	}
@@ -91,6 +142,7 @@ type targetConn struct {
 	net.Conn
 	target string // host:port as in the CONNECT
 	host   string // target without the port, for the leaf certificate
+	user   string // who authenticated the CONNECT; "" without --htpasswd
 }
 
 func (p *Proxy) newTLSConfig() *tls.Config {
@@ -122,7 +174,7 @@ func (p *Proxy) newMITMServer() *http.Server {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*tls.Conn); ok {
 				if t, ok := tc.NetConn().(*targetConn); ok {
-					return context.WithValue(ctx, targetKey{}, t.target)
+					return withUser(context.WithValue(ctx, targetKey{}, t.target), t.user)
 				}
 			}
 			return ctx

@@ -65,6 +65,10 @@ type env struct {
 	creds upstreamauth.Keyring
 	// logTo, when set, receives the proxy's log as well; start reads it.
 	logTo io.Writer
+	// others are further upstreams the proxy trusts; start reads them.
+	others []*testupstream.Upstream
+	// users, when set, must authenticate on the proxy port; start reads it.
+	users *proxy.Htpasswd
 }
 
 func newEnv(t testing.TB, opts ...testupstream.Option) *env {
@@ -99,8 +103,9 @@ func (e *env) start(extraResolve ...string) {
 	}
 	p, err := proxy.New(proxy.Config{
 		CA: authority, Store: store, Registries: e.registries,
-		Resolve: resolve, UpstreamRoots: e.up.CertPool(), ManifestTTL: e.ttl,
+		Resolve: resolve, UpstreamRoots: e.upstreamRoots(), ManifestTTL: e.ttl,
 		Now: e.clock.Now, Logger: e.logger(), UpstreamProxy: e.upstreamProxy, Credentials: e.creds,
+		Users: e.users,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -129,12 +134,22 @@ func (e *env) start(extraResolve ...string) {
 func (e *env) secondRegistry(intercept bool) *testupstream.Upstream {
 	e.t.Helper()
 	other := testupstream.Start(e.t, testupstream.WithHostName("registry2.test"))
+	e.others = append(e.others, other)
 	e.stop()
 	if intercept {
 		e.registries = append(e.registries, "registry2.test")
 	}
 	e.start(other.Host, other.Addr)
 	return other
+}
+
+// upstreamRoots trusts the CA of every upstream of the env.
+func (e *env) upstreamRoots() *x509.CertPool {
+	pool := e.up.CertPool()
+	for _, o := range e.others {
+		pool.AppendCertsFromPEM(o.CAPEM)
+	}
+	return pool
 }
 
 // restart stops the proxy and starts a new one on the same data dir.

@@ -30,15 +30,19 @@ type cachedManifest struct {
 }
 
 // serveManifest answers GET and HEAD of a manifest: by digest from the
-// cache forever, by tag from the cache while fresh.
+// cache forever, by tag from the cache while fresh; either only to a
+// client that access admits.
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath) error {
 	if rp.IsTag() {
 		return p.serveTag(w, r, rp)
 	}
 	m, err := p.manifests.load(r.Context(), rp.Digest)
 	if err == nil {
+		if ok, err := p.admit(w, r, rp); !ok {
+			return err
+		}
 		setOutcome(r, outcomeHit)
-		writeManifest(w, r, m)
+		writeManifest(w, r, m.as(p.access.mediaType(clientOf(r, rp.Name), m.Digest)))
 		return nil
 	}
 	p.logCacheError(err, rp)
@@ -50,9 +54,10 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath
 	return p.fetchManifest(w, r, rp, nil)
 }
 
-// serveTag answers a manifest by tag. A fresh record is served as it is.
-// Otherwise upstream is asked with a HEAD, which Docker Hub does not count
-// against its pull limit, unless this is a GET with no record at all.
+// serveTag answers a manifest by tag. A fresh record is served as it is to
+// a client that access allows. Otherwise upstream is asked with a HEAD,
+// which Docker Hub does not count against its pull limit, unless this is
+// a GET with no record at all.
 func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) error {
 	key := tagKeyOf(r, rp)
 	rec, m, err := p.manifests.loadTag(r.Context(), key)
@@ -60,8 +65,13 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) err
 		p.logCacheError(err, rp)
 		m = nil
 	}
+	c := clientOf(r, rp.Name)
+	if m != nil {
+		p.access.learnRecord(c.repo, rec, m.Body)
+		m = m.as(rec.MediaType)
+	}
 	switch {
-	case m != nil && p.now().Before(rec.Validated.Add(p.manifestTTL)):
+	case m != nil && p.fresh(c, rec) && p.access.allows(c, ""):
 		setOutcome(r, outcomeHit)
 		writeManifest(w, r, m)
 		return nil
@@ -71,31 +81,42 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) err
 	return p.revalidate(w, r, rp, key, m)
 }
 
+// fresh reports whether a tag record may be served without asking
+// upstream: younger than the TTL, and not changed by a push through the
+// proxy since it was validated.
+func (p *Proxy) fresh(c client, rec tagRecord) bool {
+	return p.now().Before(rec.Validated.Add(p.manifestTTL)) &&
+		!p.access.invalidatedSince(c.repo, rec.Tag, rec.Validated)
+}
+
 func (p *Proxy) logCacheError(err error, rp regPath) {
 	if !errors.Is(err, cachestore.ErrNotFound) {
 		p.log.Warn("cache read failed; fetching upstream", "repo", rp.Name, "ref", rp.Reference, "err", err)
 	}
 }
 
-// revalidate asks upstream with a HEAD which digest a tag names now. If
-// the cache holds that manifest, the tag record is (re)written and the
-// cached copy served: this is how clients that HEAD a tag and then GET by
-// digest (dockerd, containerd) get tags from the cache too. If upstream is
-// unreachable, 429 or 5xx, the stale copy is served when there is one.
-// Otherwise a GET goes upstream, and a HEAD gets upstream's answer.
+// revalidate asks upstream with a HEAD (see verify) which digest a tag
+// names now, and whether this client may have it. If the cache holds that
+// manifest, the tag record is (re)written and the cached copy served: this
+// is how clients that HEAD a tag and then GET by digest (dockerd,
+// containerd) get tags from the cache too. If upstream is unreachable, 429
+// or 5xx, the stale copy is served when there is one and the client had
+// access before. Otherwise a GET goes upstream, and a HEAD gets upstream's
+// answer.
 func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, key string, stale *cachedManifest) error {
-	resp, err := p.fetch.Do(upstreamRequest(r.Context(), r, targetOf(r), http.MethodHead))
-	if err == nil {
-		resp.Body.Close()
+	c := clientOf(r, rp.Name)
+	resp, err := p.verify(r, rp, c)
+	if stale != nil && !p.access.allowsStale(c, "") {
+		stale = nil
 	}
 	if stale != nil && (err != nil || unhealthy(resp.StatusCode)) {
 		p.serveStale(w, r, rp, stale, resp, err)
 		return nil
 	}
-	// A HEAD answered by another host, after a redirect, confirms nothing.
-	if err == nil && resp.StatusCode == http.StatusOK && servedBy(resp, targetOf(r)) {
+	if err == nil && resp.StatusCode == http.StatusOK {
 		if m := p.cachedByDigest(r, resp.Header.Get("Docker-Content-Digest")); m != nil {
-			p.saveTagRecord(r, rp, key, m.Digest)
+			m = m.as(manifestTypeOf(resp))
+			p.saveTagRecord(r, rp, key, m)
 			setOutcome(r, outcomeRevalidated)
 			writeManifest(w, r, m)
 			return nil
@@ -110,6 +131,27 @@ func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, k
 	setOutcome(r, outcomePass)
 	relayHead(w, resp)
 	return nil
+}
+
+// manifestTypeOf returns resp's Content-Type if it is a manifest or index
+// type, else "".
+func manifestTypeOf(resp *http.Response) string {
+	if ct := resp.Header.Get("Content-Type"); isManifestType(ct) {
+		return ct
+	}
+	return ""
+}
+
+// as returns m served with media type mt, or m itself when mt is empty or
+// already m's: the type one repository's upstream gave these bytes, which
+// another repository's may not change.
+func (m *cachedManifest) as(mt string) *cachedManifest {
+	if mt == "" || mt == m.ContentType {
+		return m
+	}
+	c := *m
+	c.ContentType = mt
+	return &c
 }
 
 // cachedByDigest returns the cached manifest with the digest upstream
@@ -163,6 +205,9 @@ func (p *Proxy) fetchManifest(w http.ResponseWriter, r *http.Request, rp regPath
 	if stale != nil && unhealthy(resp.StatusCode) {
 		p.serveStale(w, r, rp, stale, resp, nil)
 		return nil
+	}
+	if servedBy(resp, target) {
+		p.learnFrom(clientOf(r, rp.Name), rp, resp)
 	}
 	if resp.StatusCode != http.StatusOK {
 		setOutcome(r, outcomePass)
@@ -242,20 +287,31 @@ func isManifestType(contentType string) bool {
 }
 
 func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
+	c := clientOf(r, rp.Name)
+	p.access.learnManifest(c.repo, m.Digest, manifestTypeOrEmpty(m.ContentType), m.Body)
 	if err := p.manifests.save(r.Context(), m); err != nil {
 		p.log.Warn("cache manifest", "digest", m.Digest, "err", err)
 		return
 	}
 	if rp.IsTag() {
-		p.saveTagRecord(r, rp, tagKeyOf(r, rp), m.Digest)
+		p.saveTagRecord(r, rp, tagKeyOf(r, rp), m)
 	}
 }
 
-// saveTagRecord records that the tag names d as of now.
-func (p *Proxy) saveTagRecord(r *http.Request, rp regPath, key string, d digest.Digest) {
+func manifestTypeOrEmpty(ct string) string {
+	if isManifestType(ct) {
+		return ct
+	}
+	return ""
+}
+
+// saveTagRecord records that the tag names m, with m's media type, as of
+// now.
+func (p *Proxy) saveTagRecord(r *http.Request, rp regPath, key string, m *cachedManifest) {
 	registry, repo := canonicalRepo(targetOf(r), rp.Name)
 	rec := tagRecord{Registry: registry, Repository: repo, Tag: rp.Reference, Accept: normalizeAccept(r.Header),
-		Query: normalizeQuery(r.URL.Query()), Digest: d, Validated: p.now()}
+		Query: normalizeQuery(r.URL.Query()), Digest: m.Digest, MediaType: m.ContentType, Validated: p.now(),
+		Open: p.access.isOpen(repoKey{registry, repo}, openTTL)}
 	if err := p.manifests.saveTag(r.Context(), key, rec); err != nil {
 		p.log.Warn("cache tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
 	}

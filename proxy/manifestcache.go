@@ -61,7 +61,13 @@ type tagRecord struct {
 	Accept     string        `json:"accept"`
 	Query      string        `json:"query,omitempty"`
 	Digest     digest.Digest `json:"digest"`
-	Validated  time.Time     `json:"validated"`
+	// MediaType is what upstream said the manifest is in this repository.
+	MediaType string `json:"mediaType,omitempty"`
+	// Open says the repository was open (see access) when the record was
+	// validated, so that after a restart its clients can still be served
+	// while upstream is down.
+	Open      bool      `json:"open,omitempty"`
+	Validated time.Time `json:"validated"`
 }
 
 // load returns the manifest with digest d, or an error wrapping
@@ -91,7 +97,15 @@ func (c *manifestCache) remember(m *cachedManifest) {
 
 // save stores a verified manifest: the body first, then its meta record,
 // so that a reader that finds the meta always finds the body.
+//
+// A manifest already cached is left as it is: its bytes are the same, and
+// the media type stored with them stays the one first seen, so that a
+// second repository serving the same bytes under another type cannot
+// change what the first one's clients get.
 func (c *manifestCache) save(ctx context.Context, m *cachedManifest) error {
+	if _, err := c.load(ctx, m.Digest); err == nil {
+		return nil
+	}
 	if err := c.write(ctx, cachestore.ManifestKey(m.Digest), m.Body, m.Digest); err != nil {
 		return err
 	}

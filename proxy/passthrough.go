@@ -19,20 +19,71 @@ func (p *Proxy) newPassthrough() *httputil.ReverseProxy {
 			// the target: what the client would have sent upstream directly.
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     p.upstream,
-		FlushInterval: -1, // stream as it comes: uploads, large tag lists
-		ErrorLog:      nil,
-		ErrorHandler:  p.passError,
+		Transport:      p.upstream,
+		ModifyResponse: p.modifyPassed,
+		FlushInterval:  -1, // stream as it comes: uploads, large tag lists
+		ErrorLog:       nil,
+		ErrorHandler:   p.passError,
 	}
 }
 
+// modifyPassed looks at each passed-through answer before it is relayed:
+// an unhealthy answer to the ping becomes an error for passError, and a
+// push that upstream accepted is noted.
+func (p *Proxy) modifyPassed(resp *http.Response) error {
+	if isPing(resp.Request) && unhealthy(resp.StatusCode) {
+		// A registry outage answers 503 to everything, the ping included;
+		// clients ping before they pull, so relaying it would fail even
+		// pulls that the cache could serve.
+		resp.Body.Close()
+		return &unhealthyError{status: resp.Status}
+	}
+	return p.notePush(resp)
+}
+
+// unhealthyError is an upstream answer that passError treats as an
+// outage.
+type unhealthyError struct{ status string }
+
+func (e *unhealthyError) Error() string { return "upstream answered " + e.status }
+
+// isPing reports whether r is the API version check, GET or HEAD /v2/.
+func isPing(r *http.Request) bool {
+	return r.URL.Path == "/v2/" && (r.Method == http.MethodGet || r.Method == http.MethodHead)
+}
+
+// notePush keeps the cache honest about what a push or delete through the
+// proxy changed, once upstream has accepted it: a manifest PUT or DELETE
+// makes the tag records it names revalidate, so that the next pull through
+// the proxy gets what was just pushed; a DELETE by digest also ends the
+// repository's membership of that digest and makes all its tags revalidate.
+func (p *Proxy) notePush(resp *http.Response) error {
+	req := resp.Request
+	if resp.StatusCode/100 != 2 || (req.Method != http.MethodPut && req.Method != http.MethodDelete) {
+		return nil
+	}
+	rp, err := parseObjectPath(req.URL.Path)
+	if err != nil || rp.Kind != kindManifest {
+		return nil
+	}
+	c := clientOf(req, rp.Name)
+	switch {
+	case rp.IsTag():
+		p.access.invalidate(c.repo, rp.Reference)
+	case req.Method == http.MethodDelete:
+		p.access.forgetMember(c.repo, rp.Digest)
+		p.access.invalidate(c.repo, "")
+	}
+	return nil
+}
+
 // passError answers a pass-through request whose upstream could not be
-// reached. The API version check (GET /v2/) is answered here instead: with
-// the upstream down, clients may still pull what the cache holds, and they
-// ping first.
+// reached, or whose ping upstream answered with 429 or 5xx. The API
+// version check (GET /v2/) is answered here instead: with the upstream
+// down, clients may still pull what the cache holds, and they ping first.
 func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
-	p.log.Warn("upstream unreachable", "host", targetOf(r), "path", r.URL.Path, "err", err)
-	if r.URL.Path == "/v2/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	p.log.Warn("upstream unavailable", "host", targetOf(r), "path", r.URL.Path, "err", err)
+	if isPing(r) {
 		setOutcome(r, outcomeStale)
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")

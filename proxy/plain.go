@@ -7,6 +7,10 @@ import (
 
 // servePlain answers plain HTTP requests on the proxy port: the CA for
 // nodes to trust, a health check, and a short description.
+//
+// These pages ask for no credentials, even under --htpasswd: nodes fetch
+// the CA before they are configured, health checks carry none, and none
+// of the three reveals a secret (the CA certificate is public by design).
 func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 	setOutcome(r, outcomeLocal)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -23,7 +27,11 @@ func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	case "/":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, indexText, r.Host, r.Host)
+		proxy := r.Host
+		if p.auth != nil {
+			proxy = "USER:PASSWORD@" + proxy // a placeholder: the page knows no user
+		}
+		fmt.Fprintf(w, indexText, r.Host, proxy)
 	default:
 		http.NotFound(w, r)
 	}

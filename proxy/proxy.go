@@ -45,9 +45,9 @@ type Config struct {
 	// reaches every upstream (CONNECT), for interceptions and tunnels alike.
 	// Nil means direct; the environment's HTTPS_PROXY is never used.
 	UpstreamProxy *url.URL
-	// Credentials are used upstream for requests whose client sent no
-	// Authorization: the proxy then performs the token exchange itself.
-	// Nil means none.
+	// Credentials are used upstream for pulls whose client sent no
+	// Authorization (upstreamauth says which requests are pulls): the
+	// proxy then performs the token exchange itself. Nil means none.
 	Credentials upstreamauth.Keyring
 	// UpstreamRoots verifies upstream TLS. Nil means the system roots.
 	UpstreamRoots *x509.CertPool
@@ -56,23 +56,46 @@ type Config struct {
 	ManifestTTL time.Duration
 	// FillTimeout bounds one blob fill. Zero means one hour.
 	FillTimeout time.Duration
+	// TunnelDeny, when set, tunnels only CONNECTs whose target is on
+	// TunnelAllow ("host", any port, or "host:port"); the others get 403.
+	// Unset tunnels every target that is not intercepted.
+	TunnelDeny  bool
+	TunnelAllow []string
+	// TunnelIdleTimeout closes a tunnel that moved no byte either way for
+	// this long. Zero means five minutes.
+	TunnelIdleTimeout time.Duration
+	// TunnelMaxPerClient caps the tunnels one client IP holds at once.
+	// Zero means 64.
+	TunnelMaxPerClient int
+	// Users, when set, are the only clients let in on the proxy port: a
+	// CONNECT or proxy request must carry Proxy-Authorization: Basic with
+	// one of their names and passwords, or it gets 407. /ca.crt, /healthz
+	// and / stay open. Nil means no authentication: whoever reaches the
+	// port may use it.
+	Users *Htpasswd
 	// Logger receives the access log and errors. Nil means slog.Default().
 	Logger *slog.Logger
-	// Now is the clock for tag TTLs. Nil means time.Now.
+	// Now is the clock for tag TTLs and the login cache. Nil means time.Now.
 	Now func() time.Time
 }
 
 // Proxy is regproxy's proxy server. Serve it on a listener; Close it.
 type Proxy struct {
-	ca          CertSource
-	store       cachestore.Store
-	allow       *allowList
-	dial        *dialer
-	transport   *http.Transport        // dials upstreams; owns the idle connections
-	limiter     *rateLimiter           // wraps transport; every upstream request goes through it
-	upstream    http.RoundTripper      // credentials over limiter: what fetches and pass-throughs use
-	fetch       fetchClient            // follows redirects, for fills and manifests
-	pass        *httputil.ReverseProxy // for everything not cached
+	ca        CertSource
+	store     cachestore.Store
+	allow     *allowList
+	dial      *dialer
+	tunnels   *tunnels               // raw CONNECT tunnels: policy, per-client cap, idle timeout
+	transport *http.Transport        // dials upstreams; owns the idle connections
+	limiter   *rateLimiter           // wraps transport; every upstream request goes through it
+	upstream  http.RoundTripper      // credentials over limiter: what fetches and pass-throughs use
+	fetch     fetchClient            // follows redirects, for fills and manifests
+	pass      *httputil.ReverseProxy // for everything not cached
+	// probe sends regproxy's own checks of what a repository shows to a
+	// client without credentials: the configured ones where there are any.
+	probe       http.RoundTripper
+	access      *access     // who may be served what from the shared cache
+	auth        *clientAuth // checks Proxy-Authorization; nil: the port asks for none
 	fills       *fill.Group
 	manifests   *manifestCache
 	manifestTTL time.Duration
@@ -104,12 +127,21 @@ func New(cfg Config) (*Proxy, error) {
 		now:         cfg.Now,
 	}
 	p.setDefaults()
+	if cfg.Users != nil {
+		p.auth = newClientAuth(cfg.Users, p.now)
+	}
+	if p.tunnels, err = newTunnels(cfg, p.dial.DialContext); err != nil {
+		return nil, err
+	}
 	p.transport = newTransport(p.dial, cfg.UpstreamRoots)
 	// Credentials sit above the rate limiter, so that token requests honour
 	// a host's Retry-After too.
 	p.limiter = newRateLimiter(p.transport, p.now, p.log)
 	p.upstream = upstreamauth.New(p.limiter, cfg.Credentials, upstreamauth.Options{Now: p.now, Logger: p.log})
 	p.fetch = newFetchClient(p.upstream)
+	p.probe = upstreamauth.New(p.limiter, cfg.Credentials,
+		upstreamauth.Options{Now: p.now, Logger: p.log, AnonymousTokens: true})
+	p.access = newAccess(p.now)
 	p.pass = p.newPassthrough()
 	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout, Logger: p.log})
 	p.manifests = newManifestCache(cfg.Store)
@@ -170,6 +202,9 @@ func (p *Proxy) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	p.front.Shutdown(ctx)
+	// Shutdown cuts tunnels in a goroutine of its own; wait for them here,
+	// so that nothing of the proxy outlives Close.
+	p.tunnels.close()
 	p.mitm.Close()
 	err := p.mitmSrv.Shutdown(ctx)
 	if err != nil {

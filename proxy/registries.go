@@ -130,3 +130,27 @@ func splitTarget(target string) (host, port string, err error) {
 	}
 	return host, port, nil
 }
+
+// RegistryHosts returns the hosts, without ports, that allow-list entries
+// intercept, each once and in no set order, with "docker.io" standing for
+// all of dockerHubHosts: the names a CA for regproxy must be able to sign
+// for. Entries that fail CheckRegistries yield nil.
+func RegistryHosts(entries []string) []string {
+	a, err := parseAllowList(entries)
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	for host := range a.anyPort {
+		seen[host] = true
+	}
+	for target := range a.exact {
+		host, _, _ := net.SplitHostPort(target)
+		seen[host] = true
+	}
+	hosts := make([]string, 0, len(seen))
+	for host := range seen {
+		hosts = append(hosts, host)
+	}
+	return hosts
+}

@@ -42,7 +42,14 @@ func parsePath(r *http.Request) (regPath, error) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return regPath{Kind: kindOther}, nil
 	}
-	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	return parseObjectPath(r.URL.Path)
+}
+
+// parseObjectPath parses "/v2/<name>/blobs/<digest>" and
+// "/v2/<name>/manifests/<reference>" whatever the method; any other path is
+// kindOther.
+func parseObjectPath(path string) (regPath, error) {
+	rest, ok := strings.CutPrefix(path, "/v2/")
 	if !ok {
 		return regPath{Kind: kindOther}, nil
 	}

@@ -1,93 +1,14 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 )
-
-// dialer dials upstream hosts, applying --resolve overrides and, when
-// configured, going through an upstream HTTP proxy. Tunnels and
-// interceptions share it, so both obey the same rules.
-type dialer struct {
-	resolve map[string]string // "host:port" → "ip:port"
-	via     *url.URL          // upstream proxy; nil means direct
-	net     net.Dialer
-}
-
-func newDialer(resolve map[string]string, via *url.URL) *dialer {
-	return &dialer{resolve: resolve, via: via,
-		net: net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}}
-}
-
-// DialContext dials addr, or the address --resolve maps it to, directly
-// or through a CONNECT tunnel of the upstream proxy.
-func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if to, ok := d.resolve[strings.ToLower(addr)]; ok {
-		addr = to
-	}
-	if d.via == nil {
-		return d.net.DialContext(ctx, network, addr)
-	}
-	return d.dialVia(ctx, addr)
-}
-
-// dialVia opens a tunnel to addr through the upstream proxy:
-//  1. connect to the proxy;
-//  2. send CONNECT addr, with Basic Proxy-Authorization if the proxy URL
-//     has user info;
-//  3. accept only a 2xx; the connection is then a raw pipe to addr.
-func (d *dialer) dialVia(ctx context.Context, addr string) (net.Conn, error) {
-	conn, err := d.net.DialContext(ctx, "tcp", d.via.Host)
-	if err != nil {
-		return nil, fmt.Errorf("upstream proxy %s: %w", d.via.Host, err)
-	}
-	if deadline, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(deadline)
-	} else {
-		conn.SetDeadline(time.Now().Add(30 * time.Second))
-	}
-	req := &http.Request{Method: http.MethodConnect, URL: &url.URL{Opaque: addr}, Host: addr, Header: http.Header{}}
-	if u := d.via.User; u != nil {
-		pw, _ := u.Password()
-		req.Header.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pw)))
-	}
-	if err := req.Write(conn); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("upstream proxy %s: %w", d.via.Host, err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, req)
-	if err != nil || resp.StatusCode/100 != 2 {
-		conn.Close()
-		if err == nil {
-			err = fmt.Errorf("CONNECT %s: %s", addr, resp.Status)
-		}
-		return nil, fmt.Errorf("upstream proxy %s: %w", d.via.Host, err)
-	}
-	conn.SetDeadline(time.Time{})
-	if br.Buffered() > 0 { // bytes from addr that came with the 200
-		return &bufferedConn{Conn: conn, r: br}, nil
-	}
-	return conn, nil
-}
-
-// bufferedConn reads first what a bufio.Reader already holds.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // newTransport is the transport for all of regproxy's upstream traffic.
 // It never consults HTTPS_PROXY: nodes often share one environment file with

@@ -14,6 +14,8 @@ deps=(
 	"ctr:containerd"
 	"podman:podman"
 	"curl:curl"
+	# TestShellcheck lints scripts/*.sh.
+	"shellcheck:shellcheck"
 	# go test -race needs cgo, which needs a C compiler and libc headers.
 	"gcc:gcc libc6-dev"
 )

@@ -64,6 +64,9 @@ type tokenServer struct {
 	scopes   map[string]string // token → scope it was issued for
 	queries  []string          // raw query of each request
 	auths    []string          // Authorization of each request
+	// anonymous, when set, issues tokens to requests without credentials
+	// too, as Docker Hub does for public repositories.
+	anonymous atomic.Bool
 }
 
 func (ts *tokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -73,7 +76,7 @@ func (ts *tokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ts.queries = append(ts.queries, r.URL.RawQuery)
 	ts.auths = append(ts.auths, r.Header.Get("Authorization"))
 	ts.mu.Unlock()
-	if u, p, ok := r.BasicAuth(); !ok || u != user || p != pass {
+	if u, p, ok := r.BasicAuth(); (ok || !ts.anonymous.Load()) && (u != user || p != pass) {
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Basic realm="auth.test"`)
 		}
@@ -211,6 +214,7 @@ type env struct {
 	basic       *basicRegistry
 	redirectReg *registry
 	rt          *upstreamauth.Transport
+	inner       *http.Transport // what rt sends through
 }
 
 func newEnv(t *testing.T, keys upstreamauth.Keyring) *env {
@@ -262,6 +266,7 @@ func newEnv(t *testing.T, keys upstreamauth.Keyring) *env {
 		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "example.com"},
 	}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.inner = inner
 	e.rt = upstreamauth.New(inner, keys, upstreamauth.Options{Now: c.Now, Logger: log})
 	t.Cleanup(e.rt.CloseIdleConnections) // runs before the servers close
 	t.Cleanup(func() { e.checkLogs(t) })

@@ -30,6 +30,9 @@ import (
 // its token server.
 type Credentials struct{ Username, Password string }
 
+// none reports whether c holds no credentials: an anonymous token fetch.
+func (c Credentials) none() bool { return c == Credentials{} }
+
 // Keyring maps a registry host ("host" or "host:port", lowercase) to
 // credentials.
 type Keyring map[string]Credentials

@@ -119,7 +119,9 @@ func (t *Transport) fetchToken(ctx context.Context, host string, ch challenge, s
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("token request to %s: %w", u.Host, err)
 	}
-	req.SetBasicAuth(creds.Username, creds.Password)
+	if !creds.none() {
+		req.SetBasicAuth(creds.Username, creds.Password)
+	}
 	// A bare RoundTrip, not an http.Client: no redirect is followed, so the
 	// credentials reach the realm host and no other.
 	resp, err := t.inner.RoundTrip(req)

@@ -28,6 +28,13 @@ type Options struct {
 	// Logger receives token fetches (debug) and their failures (warn),
 	// never a credential or a token. Nil means slog.Default().
 	Logger *slog.Logger
+	// AnonymousTokens makes the Transport answer a Bearer challenge to a
+	// pull on a host without configured credentials with a token fetched
+	// without any, as an anonymous client would (Docker Hub hands those
+	// out for public repositories). It is for regproxy's own probes of
+	// what a repository shows to clients without credentials. False
+	// leaves such requests untouched.
+	AnonymousTokens bool
 }
 
 // Transport adds configured credentials to upstream pulls that carry none.
@@ -64,6 +71,8 @@ type Transport struct {
 	keys  Keyring
 	now   func() time.Time
 	log   *slog.Logger
+	// anonymous: see Options.AnonymousTokens.
+	anonymous bool
 
 	// mu guards inflight, and makes a cache miss and the start of its
 	// fetch one step; it is never held during I/O.
@@ -82,7 +91,7 @@ func New(inner http.RoundTripper, keys Keyring, opts Options) *Transport {
 	}
 	tokens, _ := lru.New[tokenKey, cached](maxTokens) // errs only for a size <= 0
 	t := &Transport{
-		inner: inner, keys: Merge(nil, keys), now: opts.Now, log: opts.Logger,
+		inner: inner, keys: Merge(nil, keys), now: opts.Now, log: opts.Logger, anonymous: opts.AnonymousTokens,
 		tokens: tokens, inflight: map[tokenKey]*flight{},
 	}
 	if t.now == nil {
@@ -106,7 +115,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		host = strings.ToLower(req.Host)
 	}
 	creds, ok := t.keys.Lookup(host)
-	if !ok {
+	if !ok && !t.anonymous {
 		return t.inner.RoundTrip(req)
 	}
 	repo, _ := pullRepo(req.URL.Path)
@@ -176,8 +185,9 @@ func (t *Transport) answer(req *http.Request, resp *http.Response, key tokenKey,
 		return "", false
 	}
 	if ch.scheme == "basic" {
-		// The very credentials we have were just refused: no point.
-		return basicAuth(creds), !strings.HasPrefix(sent, "Basic ")
+		// The very credentials we have were just refused, or there are
+		// none to offer: no point.
+		return basicAuth(creds), !creds.none() && !strings.HasPrefix(sent, "Basic ")
 	}
 	auth, err := t.token(req.Context(), key, ch, creds)
 	return auth, err == nil // fill logged the failure, once for all waiters

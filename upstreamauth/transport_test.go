@@ -281,3 +281,37 @@ func drainClose(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 }
+
+// TestAnonymousTokens: with AnonymousTokens, a pull on a host without
+// configured credentials is answered a Bearer challenge with a token
+// fetched without credentials; without it, the 401 stays the caller's.
+func TestAnonymousTokens(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	e.tokens.anonymous.Store(true)
+	if resp, _ := e.get(t, manifestURL); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without AnonymousTokens: %d; want the registry's 401", resp.StatusCode)
+	}
+	anon := upstreamauth.New(e.inner, nil, upstreamauth.Options{Now: e.clock.Now, AnonymousTokens: true})
+	req, _ := http.NewRequest(http.MethodGet, manifestURL, nil)
+	resp, err := anon.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("with AnonymousTokens: %d; want 200", resp.StatusCode)
+	}
+	if auths := e.tokens.seen(); len(auths) != 1 || auths[0] != "" {
+		t.Fatalf("token server saw Authorization %q; want one request without any", auths)
+	}
+	del, _ := http.NewRequest(http.MethodDelete, manifestURL, nil)
+	resp, err = anon.RoundTrip(del)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("DELETE with AnonymousTokens: %d; want the registry's 401 (pulls only)", resp.StatusCode)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/regproxy/regproxy/proxy"
 	"github.com/regproxy/regproxy/upstreamauth"
 )
 
@@ -33,26 +34,43 @@ func dataDirFlag() cli.Flag {
 		Usage: "directory for the CA (DIR/ca) and the cache (DIR/cache)"}
 }
 
+func registriesFlag() cli.Flag {
+	return &cli.StringFlag{Name: "registries", Value: defaultRegistries, EnvVars: env("registries", "REGISTRIES"),
+		Usage: "registries to intercept and cache, space- or comma-separated; host (any port) or host:port"}
+}
+
+// caFlags choose the CA of serve and ca print (see loadCA).
 func caFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "ca-cert", EnvVars: env("ca-cert"), Usage: "PEM file of a supplied CA certificate (with --ca-key)"},
 		&cli.StringFlag{Name: "ca-key", EnvVars: env("ca-key"), Usage: "PEM file of the supplied CA's private key"},
+		&cli.BoolFlag{Name: "ca-name-constraints", EnvVars: env("ca-name-constraints"),
+			Usage: "generate DATA_DIR/ca limited to the --registries hosts, and refuse to start with one that is not"},
 	}
 }
 
 func serveFlags() []cli.Flag {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "listen", Value: ":3128", EnvVars: env("listen"), Usage: "address of the proxy port"},
+		&cli.StringFlag{Name: "htpasswd", EnvVars: env("htpasswd"),
+			Usage: "htpasswd FILE of bcrypt entries (htpasswd -B): CONNECTs must then carry Proxy-Authorization of one of its users (/ca.crt, /healthz and / stay open)"},
 		dataDirFlag(),
-		&cli.StringFlag{Name: "registries", Value: defaultRegistries, EnvVars: env("registries", "REGISTRIES"),
-			Usage: "registries to intercept and cache, space- or comma-separated; host (any port) or host:port"},
+		registriesFlag(),
 		&cli.StringFlag{Name: "upstream-proxy", EnvVars: env("upstream-proxy"),
 			Usage: "http://[USER:PASS@]HOST:PORT of a proxy for regproxy's own upstream traffic (HTTPS_PROXY is never used)"},
 		&cli.StringSliceFlag{Name: "auth-registry", EnvVars: env("auth-registry"),
-			Usage: "HOST=USER:PASSWORD: credentials regproxy uses upstream when a client sends none (repeatable)"},
+			Usage: "HOST=USER:PASSWORD, or @FILE holding one a line (keeps passwords out of ps): credentials regproxy lends to every client that sends none, for pulls only; never for pushes, deletes or token requests (repeatable)"},
 		&cli.StringFlag{Name: "auth-file", EnvVars: env("auth-file"), Usage: "docker config.json whose \"auths\" regproxy uses upstream"},
 		&cli.StringFlag{Name: "upstream-ca", EnvVars: env("upstream-ca"), Usage: "PEM file of extra roots for upstream TLS"},
 		&cli.StringSliceFlag{Name: "resolve", EnvVars: env("resolve"), Usage: "HOST:PORT=IP:PORT: dial IP:PORT for HOST:PORT (repeatable)"},
+		&cli.StringFlag{Name: "tunnel", Value: "allow", EnvVars: env("tunnel"),
+			Usage: "allow or deny: tunnel CONNECTs to hosts not on --registries (deny: only those on --tunnel-allow)"},
+		&cli.StringSliceFlag{Name: "tunnel-allow", EnvVars: env("tunnel-allow"),
+			Usage: "with --tunnel deny, what may be tunnelled: host (any port) or host:port, space- or comma-separated (repeatable)"},
+		&cli.StringFlag{Name: "tunnel-idle-timeout", Value: "5m", EnvVars: env("tunnel-idle-timeout"),
+			Usage: "close a tunnel that moved no byte either way for this long"},
+		&cli.StringFlag{Name: "tunnel-max-per-client", Value: "64", EnvVars: env("tunnel-max-per-client"),
+			Usage: "most tunnels one client IP may hold at once"},
 		&cli.StringFlag{Name: "manifest-ttl", Value: "1h", EnvVars: env("manifest-ttl", "MANIFEST_CACHE_DEFAULT_TIME"),
 			Usage: "how long a manifest fetched by tag is served before revalidation (e.g. 30m, 1h, 1d)"},
 		&cli.StringFlag{Name: "fill-timeout", Value: "1h", EnvVars: env("fill-timeout"), Usage: "time limit of one blob download into the cache"},
@@ -181,11 +199,48 @@ func loadCredentials(c *cli.Context) (upstreamauth.Keyring, error) {
 		keys = upstreamauth.Merge(keys, fromFile)
 	}
 	for _, v := range c.StringSlice("auth-registry") {
-		host, cred, err := upstreamauth.ParseFlag(v)
+		more, err := upstreamauth.ParseFlagValue(v) // HOST=USER:PASSWORD, or @FILE of them
 		if err != nil {
 			return nil, cli.Exit(err.Error(), 2) // the message names --auth-registry
 		}
-		keys = upstreamauth.Merge(keys, upstreamauth.Keyring{host: cred})
+		keys = upstreamauth.Merge(keys, more)
 	}
 	return keys, nil
+}
+
+// tunnelConfig reads the tunnel flags into cfg.
+func tunnelConfig(c *cli.Context, cfg *proxy.Config) error {
+	switch mode := c.String("tunnel"); mode {
+	case "allow":
+	case "deny":
+		cfg.TunnelDeny = true
+	default:
+		return badFlag("tunnel", fmt.Errorf("%q: want allow or deny", mode))
+	}
+	var err error
+	if cfg.TunnelAllow, err = tunnelAllow(c.StringSlice("tunnel-allow"), cfg.TunnelDeny); err != nil {
+		return badFlag("tunnel-allow", err)
+	}
+	if cfg.TunnelIdleTimeout, err = parseDuration(c.String("tunnel-idle-timeout")); err != nil {
+		return badFlag("tunnel-idle-timeout", err)
+	}
+	limit := c.String("tunnel-max-per-client")
+	if cfg.TunnelMaxPerClient, err = strconv.Atoi(limit); err != nil || cfg.TunnelMaxPerClient <= 0 {
+		return badFlag("tunnel-max-per-client", fmt.Errorf("%q: want a positive whole number", limit))
+	}
+	return nil
+}
+
+// tunnelAllow flattens --tunnel-allow values, each a list, and checks them.
+func tunnelAllow(values []string, deny bool) ([]string, error) {
+	var entries []string
+	for _, v := range values {
+		entries = append(entries, splitList(v)...)
+	}
+	if len(entries) > 0 && !deny {
+		// Under --tunnel allow every host is tunnelled anyway: an ignored
+		// list would read as a restriction that is not there.
+		return nil, errors.New("needs --tunnel deny")
+	}
+	return entries, proxy.CheckTunnelAllow(entries)
 }

@@ -1,9 +1,8 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"os/signal"
 	"path/filepath"
@@ -24,49 +23,6 @@ func serveCommand() *cli.Command {
 		OnUsageError: usageError,
 		Action:       serve,
 	}
-}
-
-func caCommand() *cli.Command {
-	return &cli.Command{
-		Name:   "ca",
-		Usage:  "inspect the CA",
-		Action: unknownCommand,
-		Subcommands: []*cli.Command{{
-			Name:         "print",
-			Usage:        "print the CA certificate in PEM (generating the CA on first use)",
-			Flags:        append([]cli.Flag{dataDirFlag()}, caFlags()...),
-			OnUsageError: usageError,
-			Action: func(c *cli.Context) error {
-				authority, err := loadCA(c)
-				if err != nil {
-					return err
-				}
-				_, err = c.App.Writer.Write(authority.CertPEM())
-				return err
-			},
-		}},
-	}
-}
-
-// loadCA loads the supplied CA, or the one in DATA_DIR/ca (generating it
-// on first start).
-func loadCA(c *cli.Context) (*ca.CA, error) {
-	cert, key := c.String("ca-cert"), c.String("ca-key")
-	if (cert == "") != (key == "") {
-		return nil, badFlag("ca-cert", fmt.Errorf("--ca-cert and --ca-key go together"))
-	}
-	if cert != "" {
-		authority, err := ca.LoadFiles(cert, key, ca.Options{})
-		if err != nil {
-			return nil, badFlag("ca-cert", err)
-		}
-		return authority, nil
-	}
-	authority, err := ca.LoadOrCreate(filepath.Join(c.String("data-dir"), "ca"), ca.Options{})
-	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("CA in %s: %v", c.String("data-dir"), err), 1)
-	}
-	return authority, nil
 }
 
 // serveConfig turns the serve flags into a proxy.Config.
@@ -91,6 +47,9 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 	if cfg.UpstreamRoots, err = loadRoots(c.String("upstream-ca")); err != nil {
 		return cfg, badFlag("upstream-ca", err)
 	}
+	if err := tunnelConfig(c, &cfg); err != nil {
+		return cfg, err
+	}
 	cfg.Registries = splitList(c.String("registries"))
 	if len(cfg.Registries) == 0 {
 		return cfg, badFlag("registries", fmt.Errorf("empty list"))
@@ -101,7 +60,23 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 	if cfg.Logger, err = newLogger(c.String("log-format"), c.String("log-level"), c.App.ErrWriter); err != nil {
 		return cfg, err
 	}
+	// Read after the logger exists: skipped entries are logged as warnings.
+	if file := c.String("htpasswd"); file != "" {
+		if cfg.Users, err = proxy.LoadHtpasswd(file, cfg.Logger); err != nil {
+			return cfg, badFlag("htpasswd", err)
+		}
+	}
 	return cfg, nil
+}
+
+// warnIfOpen warns when the proxy port listens beyond loopback and asks
+// for no credentials: every host that reaches it may use it.
+func warnIfOpen(log *slog.Logger, addr net.Addr, users *proxy.Htpasswd) {
+	if tcp, ok := addr.(*net.TCPAddr); users != nil || (ok && tcp.IP.IsLoopback()) {
+		return
+	}
+	log.Warn("the proxy port asks for no credentials and is not on loopback: anyone who reaches it can pull cached images, pull with any configured registry credentials and open tunnels; set --htpasswd, or listen on 127.0.0.1",
+		"listen", addr.String())
 }
 
 func serve(c *cli.Context) error {
@@ -114,7 +89,7 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if cfg.CA, err = loadCA(c); err != nil {
+	if cfg.CA, err = loadCA(c, cfg.Registries, cfg.Logger); err != nil {
 		return err
 	}
 	dataDir := c.String("data-dir")
@@ -131,16 +106,11 @@ func serve(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	warnIfOpen(cfg.Logger, ln.Addr(), cfg.Users)
 	cfg.Logger.Info("regproxy serving", "listen", ln.Addr().String(), "data_dir", dataDir,
-		"registries", cfg.Registries, "manifest_ttl", cfg.ManifestTTL.String(), "ca_sha256", fingerprint(cfg.CA.(*ca.CA)), "version", version)
+		"registries", cfg.Registries, "manifest_ttl", cfg.ManifestTTL.String(), "ca_sha256", fingerprint(cfg.CA.(*ca.CA)),
+		"htpasswd_users", cfg.Users.Len(), "version", version)
 	err = p.Serve(ctx, ln)
 	cfg.Logger.Info("regproxy stopped")
 	return err
-}
-
-// fingerprint is the SHA-256 of the CA certificate, for admins to compare
-// with what their nodes trust.
-func fingerprint(authority *ca.CA) string {
-	sum := sha256.Sum256(authority.Certificate().Raw)
-	return hex.EncodeToString(sum[:])
 }

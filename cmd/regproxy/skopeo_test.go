@@ -113,11 +113,17 @@ func (s *skopeo) trust(t *testing.T, d *daemon) {
 func (s *skopeo) copy(t *testing.T, d *daemon, ref string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "image")
+	s.run(t, d, "copy", "--retry-times", "0", ref, "dir:"+out)
+	return out
+}
+
+// run runs skopeo with args through d and fails the test if it fails.
+func (s *skopeo) run(t *testing.T, d *daemon, args ...string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), skopeoTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, s.path, "--policy", s.policy,
-		"--registries.d", filepath.Join(s.dir, "registries.d"), "--tmpdir", filepath.Join(s.dir, "tmp"),
-		"copy", "--retry-times", "0", ref, "dir:"+out)
+	cmd := exec.CommandContext(ctx, s.path, append([]string{"--policy", s.policy,
+		"--registries.d", filepath.Join(s.dir, "registries.d"), "--tmpdir", filepath.Join(s.dir, "tmp")}, args...)...)
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + filepath.Join(s.dir, "home"),
@@ -129,9 +135,8 @@ func (s *skopeo) copy(t *testing.T, d *daemon, ref string) string {
 		"REGISTRY_AUTH_FILE=" + filepath.Join(s.dir, "auth.json"), // absent: anonymous
 	}
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("skopeo copy %s: %v\n%s", ref, err, b)
+		t.Fatalf("skopeo %s: %v\n%s", strings.Join(args, " "), err, b)
 	}
-	return out
 }
 
 // checkDir checks a dir: image against the pushed manifest and every blob
