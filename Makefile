@@ -2,7 +2,7 @@
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN := bin/regproxy
 
-.PHONY: build run test test-deps bench lint clean
+.PHONY: build run test test-deps fuzz bench lint clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/regproxy
@@ -18,6 +18,37 @@ test: test-deps
 	go mod download
 	@$(MAKE) --no-print-directory lint
 	go test -race -count=1 -timeout 20m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=10s
+
+# FUZZ lists every fuzz target as package:Name. go test -fuzz takes one
+# target of one package at a time, so make fuzz runs them one after the
+# other, each for FUZZTIME; FUZZFLAGS adds flags (e.g. -parallel=1).
+FUZZ := \
+	./cachestore:FuzzValidKey \
+	./cmd/regproxy:FuzzParseResolve \
+	./fill:FuzzServeRange \
+	./proxy:FuzzParsePath \
+	./proxy:FuzzParseObjectPath \
+	./proxy:FuzzParseDigest \
+	./proxy:FuzzParseManifest \
+	./proxy:FuzzCheckRegistries \
+	./proxy:FuzzLoadTag \
+	./upstreamauth:FuzzParseFlag \
+	./upstreamauth:FuzzParseAuthRegistries \
+	./upstreamauth:FuzzLoadDockerConfig \
+	./upstreamauth:FuzzDockerConfigSecret \
+	./upstreamauth:FuzzParseChallenges
+FUZZTIME ?= 60s
+FUZZFLAGS ?=
+
+# A pattern that matches no target would fuzz nothing and pass, hence the grep.
+fuzz:
+	@for t in $(FUZZ); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		grep -q "^func $$name(" $$pkg/*_test.go || { echo "fuzz: no $$name in $$pkg" >&2; exit 1; }; \
+		echo "go test -run '^\$$' -fuzz '^$$name\$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$pkg"; \
+		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$pkg || exit 1; \
+	done
 
 bench:
 	go run ./cmd/regproxy-bench

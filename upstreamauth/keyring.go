@@ -130,10 +130,14 @@ func normalizeHost(s string) (string, error) {
 func isHostPort(s string) bool {
 	host := s
 	if h, port, err := net.SplitHostPort(s); err == nil {
-		if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		// Only the form Lookup is asked for: "h:05000" or "h:+5000" would
+		// be keys under which no request ever finds its credentials.
+		if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 || strconv.Itoa(n) != port {
 			return false
 		}
 		host = h
+	} else if strings.HasPrefix(s, "[") {
+		return false // "[::1]" without a port: Lookup is asked for "::1"
 	}
 	if ip := strings.Trim(host, "[]"); strings.Contains(ip, ":") {
 		return net.ParseIP(ip) != nil // IPv6; "host:user:pw" is not one

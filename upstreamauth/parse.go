@@ -105,7 +105,9 @@ func ParseAuthRegistries(s string) (Keyring, error) {
 			return nil, fmt.Errorf("AUTH_REGISTRIES entry %d: %w", i+1, err)
 		}
 		if len(parts) < 3 {
-			return nil, fmt.Errorf("AUTH_REGISTRIES entry %d (%s): want host:user:password", i+1, host)
+			// No quoting: a space in a password splits the entry, and
+			// the part after it would be shown here.
+			return nil, fmt.Errorf("AUTH_REGISTRIES entry %d: want host:user:password", i+1)
 		}
 		c, err := checkCreds(parts[1], parts[2], true)
 		if err != nil {

@@ -119,13 +119,15 @@ func parseResolve(entries []string) (map[string]string, error) {
 	return m, nil
 }
 
+// hasHostPort reports whether s is HOST:PORT in the one form a dial names
+// it: "h:0443", "h:+443" or "[h]:443" would be keys no dial ever matches.
 func hasHostPort(s string) bool {
 	h, p, err := net.SplitHostPort(s)
-	if err != nil || h == "" {
+	if err != nil || h == "" || strings.ContainsAny(h, " \t") {
 		return false
 	}
 	n, err := strconv.Atoi(p)
-	return err == nil && n > 0 && n < 65536
+	return err == nil && n > 0 && n < 65536 && net.JoinHostPort(h, strconv.Itoa(n)) == s
 }
 
 // loadRoots returns the system roots plus the certificates in file.
