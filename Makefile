@@ -50,8 +50,15 @@ fuzz:
 		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$pkg || exit 1; \
 	done
 
+# bench runs cmd/regproxy-bench (scenarios a-f, about 5 minutes; BENCHFLAGS
+# adds flags such as -soak 10m, -quick or -run cd), then the Go
+# micro-benchmarks. It needs no root. Without nginx there are no nginx peer
+# rows, and the report says so; make test-deps installs Debian's nginx-light.
+BENCHFLAGS ?=
 bench:
-	go run ./cmd/regproxy-bench
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+		echo "bench: note: nginx is not installed, so the nginx peer is left out (make test-deps installs nginx-light)" >&2
+	go run ./cmd/regproxy-bench $(BENCHFLAGS)
 	go test -run '^$$' -bench . -benchmem ./...
 
 lint:

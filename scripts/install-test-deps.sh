@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs, with apt-get, the tools that regproxy's tests
-# drive, skipping any that are already on PATH. It fails loudly instead of
-# letting the tests skip: a missing tool is an error, never a silent pass.
+# drive, skipping any that are already on PATH, and then Azurite (the Azure
+# Blob Storage emulator) with npm into .cache/azurite, where the tests of
+# cachestore/azure look for azurite-blob. It fails loudly instead of letting
+# the tests skip: a missing tool is an error, never a silent pass.
 #
 # To add a tool, add one "command:package[ package...]" line to deps.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# AZURITE_VERSION is the last release whose package.json accepts the
+# Node.js of Debian 12 (18) and of this project's machines (20).
+AZURITE_VERSION=3.35.0
+AZURITE_DIR=.cache/azurite
 
 deps=(
 	"skopeo:skopeo"
@@ -18,6 +26,12 @@ deps=(
 	"shellcheck:shellcheck"
 	# go test -race needs cgo, which needs a C compiler and libc headers.
 	"gcc:gcc libc6-dev"
+	# make bench (and its quick run in go test) measures nginx's proxy_cache
+	# as a peer. Debian puts nginx in /usr/sbin.
+	"nginx:nginx-light"
+	# npm installs Azurite, which runs on node (install_azurite below).
+	"node:nodejs"
+	"npm:npm"
 )
 
 die() {
@@ -25,16 +39,55 @@ die() {
 	exit 1
 }
 
+# found reports whether cmd is on PATH. The bench also looks for nginx in
+# /usr/sbin, which a user's PATH may lack.
+found() {
+	command -v "$1" >/dev/null 2>&1 || [[ $1 == nginx && -x /usr/sbin/nginx ]]
+}
+
+# version prints cmd's version; nginx knows only -v.
+version() {
+	if [[ $1 != nginx ]]; then
+		"$1" --version 2>&1
+	elif command -v nginx >/dev/null 2>&1; then
+		nginx -v 2>&1
+	else
+		/usr/sbin/nginx -v 2>&1
+	fi
+}
+
+# install_azurite installs azurite@AZURITE_VERSION into AZURITE_DIR unless
+# that version is there already. It is local to the work tree (and ignored
+# by git), so that tests need neither the network nor a global install.
+install_azurite() {
+	local bin=$AZURITE_DIR/node_modules/.bin/azurite-blob version
+	if [[ -x $bin && $("$bin" --version 2>/dev/null) == "$AZURITE_VERSION" ]]; then
+		return 0
+	fi
+	echo "install-test-deps: installing azurite@$AZURITE_VERSION into $AZURITE_DIR with npm"
+	# --ignore-scripts: azurite-blob needs no install script, so none of
+	# its hundreds of dependencies gets to run one.
+	npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --ignore-scripts --omit=dev \
+		"azurite@$AZURITE_VERSION" >&2 ||
+		die "npm install azurite@$AZURITE_VERSION into $AZURITE_DIR failed"
+	version=$("$bin" --version 2>&1) ||
+		die "$bin --version failed after install: $version"
+	[[ $version == "$AZURITE_VERSION" ]] ||
+		die "$bin is version $version after install, want $AZURITE_VERSION"
+	echo "install-test-deps: azurite-blob $version in $AZURITE_DIR"
+}
+
 missing=() packages=()
 for dep in "${deps[@]}"; do
 	cmd=${dep%%:*}
-	if ! command -v "$cmd" >/dev/null 2>&1; then
+	if ! found "$cmd"; then
 		missing+=("$cmd")
 		read -ra pkgs <<<"${dep#*:}"
 		packages+=("${pkgs[@]}")
 	fi
 done
 if ((${#missing[@]} == 0)); then
+	install_azurite
 	exit 0
 fi
 echo "install-test-deps: installing ${packages[*]} for ${missing[*]}"
@@ -57,9 +110,11 @@ apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q)
 
 hash -r
 for cmd in "${missing[@]}"; do
-	command -v "$cmd" >/dev/null 2>&1 ||
+	found "$cmd" ||
 		die "missing $cmd: still not on PATH after installing ${packages[*]}"
-	version=$("$cmd" --version 2>&1) ||
-		die "$cmd --version failed after install: $version"
+	version=$(version "$cmd") ||
+		die "$cmd: asking its version failed after install: $version"
 	echo "install-test-deps: ${version%%$'\n'*}"
 done
+
+install_azurite

@@ -12,8 +12,10 @@ import (
 
 // TestQuickRun runs the whole benchmark in quick mode against a real
 // regproxy build, so that CI exercises the bench code. It checks that every
-// row is reported and that the storm fetched its blob upstream once; the
-// performance targets themselves are for full runs on a known machine.
+// row is reported, that each storm fetched its blob upstream once, and that
+// the soak's clients got no wrong byte; the performance targets themselves
+// are for full runs on a known machine. Where nginx is installed (make
+// test-deps installs it), its peer rows must be there too.
 func TestQuickRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -27,7 +29,8 @@ func TestQuickRun(t *testing.T) {
 	if written, err := os.ReadFile(cfg.out); err != nil || string(written) != report {
 		t.Errorf("-out file differs from stdout (%v)", err)
 	}
-	for _, want := range []string{
+	want := []string{
+		"Peer: nginx proxy_cache",
 		"a. Warm hit, 32 MiB cached blob, 1 stream(s)",
 		"a. Warm hit, 32 MiB cached blob, 8 stream(s)",
 		"a. Warm hit: server CPU time per GiB served",
@@ -40,6 +43,10 @@ func TestQuickRun(t *testing.T) {
 		"c. Cold storm: of which connection set-up (CONNECT and TLS), median",
 		"c. Cold storm: total time per client, median",
 		"c. Cold storm: total time per client, max",
+		"c. Verifying storm (every client checks sha256 as it reads): one upstream fill alone",
+		"c. Verifying storm: the same 32 clients reading the blob from regproxy's cache (warm)",
+		"c. Verifying storm: storm median total / the larger of those two",
+		"c. Verifying storm: upstream blob fetches by the warm read",
 		"d. Tag manifest hit, 200 sequential GETs on one keep-alive connection: p50",
 		"d. Tag manifest hit: p99",
 		"d. Tag manifest hit: upstream manifest requests during the GETs",
@@ -47,15 +54,47 @@ func TestQuickRun(t *testing.T) {
 		"e. Peak RSS (VmHWM) of regproxy after scenarios a–d",
 		"e. Peak RSS (VmHWM) of a fresh regproxy after 32 clients pull one cold 32 MiB blob",
 		"e. That storm: upstream blob fetches",
-	} {
-		if !strings.Contains(report, "| "+want) {
-			t.Errorf("no row %q in the report:\n%s", want, report)
+		"f. Soak, 50 clients for 10s, random upstream faults: requests",
+		"f. Soak: failed requests by cause",
+		"f. Soak: wrong bytes",
+		"f. Soak: bodies that ended early yet looked complete",
+		"f. Soak: upstream faults injected",
+		"f. Soak: regproxy's outcomes (its access log)",
+		"f. Soak: regproxy RSS (VmRSS)",
+		"f. Soak: regproxy threads",
+		"f. Soak: regproxy open files",
+	}
+	if bin, _ := findNginx(""); bin != "" {
+		want = append(want,
+			"a. Warm hit, 1 stream(s), against nginx proxy_cache: throughput",
+			"a. Warm hit, 8 stream(s), against nginx proxy_cache: throughput",
+			"c. Storm against nginx proxy_cache",
+			"c. Storm against nginx: total time per client, median",
+			"d. Tag manifest hit against nginx proxy_cache (same loop): p50",
+			"d. Tag manifest hit against nginx: p99",
+		)
+	} else if !strings.Contains(cell(report, "Peer: nginx", 2), "not installed") {
+		t.Errorf("no nginx here, and the peer row does not say so:\n%s", report)
+	}
+	for _, w := range want {
+		if !strings.Contains(report, "| "+w) {
+			t.Errorf("no row %q in the report:\n%s", w, report)
 		}
 	}
-	for _, metric := range []string{"upstream at 40 MB/s: upstream blob fetches", "e. That storm: upstream blob fetches"} {
-		if got := cell(report, metric, 2); got != "1" {
-			t.Errorf("row %q: regproxy value %q, want 1 upstream fetch", metric, got)
+	for metric, want := range map[string]string{
+		"upstream at 40 MB/s: upstream blob fetches":    "1",
+		"e. That storm: upstream blob fetches":          "1",
+		"c. Storm against nginx proxy_cache":            "1", // regproxy's own count in that storm
+		"f. Soak: wrong bytes":                          "0",
+		"f. Soak: bodies that ended early yet looked":   "0",
+		"c. Verifying storm: upstream blob fetches by ": "0",
+	} {
+		if got := cell(report, metric, 2); got != want && !(got == "" && strings.Contains(metric, "nginx")) {
+			t.Errorf("row %q: regproxy value %q, want %s", metric, got, want)
 		}
+	}
+	if got := cell(report, "f. Soak, 50 clients", 2); strings.HasPrefix(got, "0 ") {
+		t.Errorf("the soak made no request: %q", got)
 	}
 }
 

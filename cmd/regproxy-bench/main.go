@@ -5,14 +5,19 @@
 // with a fresh data dir, and puts an in-process TLS registry (upstream.go)
 // behind it under the name registry.test. Clients reach that name through
 // regproxy as nodes do: CONNECT, then TLS with regproxy's CA as the only
-// root. The scenarios (scenarios.go, storm.go) are warm-hit throughput
-// against a plain Go TLS file server, cold-pull overhead against the
-// upstream itself, a 32-client cold storm on a throttled upstream,
-// tag-manifest hit latency, and regproxy's peak RSS after a large storm.
+// root. The scenarios (scenarios.go, storm.go, soak*.go) are warm-hit
+// throughput against a plain Go TLS file server, cold-pull overhead against
+// the upstream itself, a 32-client cold storm on a throttled upstream,
+// tag-manifest hit latency, regproxy's peak RSS after a large storm, and a
+// soak: hundreds of clients mixing every kind of request for minutes while
+// the upstream fails at random. Where nginx is installed, it runs as a peer
+// (nginx.go): a proxy_cache configured as rpardini/docker-registry-proxy
+// configures it, measured in the same run for warm hits, the storm and tag
+// hits.
 //
 // Usage:
 //
-//	go run ./cmd/regproxy-bench [-quick] [-out FILE] [-run LETTERS]
+//	go run ./cmd/regproxy-bench [-quick] [-out FILE] [-run LETTERS] [-soak DURATION] [-soak-clients N] [-nginx PATH|off]
 //
 // Progress goes to stderr, the table to stdout (and to FILE with -out).
 // With REGPROXY_BENCH_PERF=DIR set, each scenario also records a perf(1)
@@ -51,6 +56,14 @@ type config struct {
 
 	rssSize    int64 // e: the cold blob of the RSS storm
 	rssClients int   // e: its clients
+
+	soak            time.Duration // f: how long the clients run
+	soakClients     int           // f: concurrent clients
+	soakWarmBlobs   int           // f: cached blobs the hits read
+	soakWarmMax     int64         // f: the largest of them (the smallest is 256 KiB)
+	soakFreshBudget int64         // f: total size of fresh blobs; misses past it become hits
+
+	nginx string // -nginx: "" to look for nginx, "off", or its path
 }
 
 const mib = 1 << 20
@@ -63,6 +76,7 @@ func fullConfig() config {
 		stormSize: 64 * mib, stormClients: 32, stormRate: 40e6,
 		manifestGets: 2000,
 		rssSize:      512 * mib, rssClients: 32,
+		soak: 3 * time.Minute, soakClients: 200, soakWarmBlobs: 16, soakWarmMax: 8 * mib, soakFreshBudget: 4 << 30,
 	}
 }
 
@@ -75,6 +89,7 @@ func quickConfig() config {
 		stormSize: 32 * mib, stormClients: 32, stormRate: 40e6,
 		manifestGets: 200,
 		rssSize:      32 * mib, rssClients: 32,
+		soak: 10 * time.Second, soakClients: 50, soakWarmBlobs: 8, soakWarmMax: 4 * mib, soakFreshBudget: 512 * mib,
 	}
 }
 
@@ -85,19 +100,29 @@ func (c config) mode() string {
 	return "full"
 }
 
-// totalTimeout bounds a whole run; a full run takes a few minutes.
+// totalTimeout bounds a whole run, less the soak; a full run takes a few
+// minutes plus the soak.
 const totalTimeout = 15 * time.Minute
 
 func main() {
-	quick := flag.Bool("quick", false, "smoke run: 32 MiB blobs, 200 manifest requests")
+	quick := flag.Bool("quick", false, "smoke run: 32 MiB blobs, 200 manifest requests, a 10 s soak of 50 clients")
 	out := flag.String("out", "", "also write the report to this file")
-	only := flag.String("run", "", "run only these scenarios, by letter (e.g. \"cd\"); default all of abcde")
+	only := flag.String("run", "", "run only these scenarios, by letter (e.g. \"cd\"); default all of abcdef")
+	soak := flag.Duration("soak", 0, "how long scenario f's clients run (default 3m, or 10s with -quick)")
+	soakClients := flag.Int("soak-clients", 0, "scenario f's concurrent clients (default 200, or 50 with -quick)")
+	ngx := flag.String("nginx", "", "the nginx binary of the peer, or off; default: nginx on PATH or in /usr/sbin")
 	flag.Parse()
 	cfg := fullConfig()
 	if *quick {
 		cfg = quickConfig()
 	}
-	cfg.out, cfg.only = *out, *only
+	cfg.out, cfg.only, cfg.nginx = *out, *only, *ngx
+	if *soak > 0 {
+		cfg.soak = *soak
+	}
+	if *soakClients > 0 {
+		cfg.soakClients = *soakClients
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, cfg, os.Stdout, os.Stderr)
 	stop()
@@ -112,7 +137,7 @@ func main() {
 // happens, the child processes are stopped and the temporary files removed
 // before it returns; the rows measured before an error are still reported.
 func run(ctx context.Context, cfg config, stdout, progress io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, totalTimeout)
+	ctx, cancel := context.WithTimeout(ctx, totalTimeout+cfg.soak)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "regproxy-bench-")
 	if err != nil {

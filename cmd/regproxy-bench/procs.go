@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -147,10 +148,26 @@ func (p *proc) waitReady(ctx context.Context, ready func(context.Context) error)
 	}
 }
 
-// tail is the end of the process's log, for error messages.
+// tail is the end of the process's log, less regproxy's INFO lines (its
+// access log in the soak), for error messages.
 func (p *proc) tail() string {
 	b, _ := os.ReadFile(p.logPath)
-	return string(b[max(0, len(b)-2048):])
+	if len(b) > 1<<20 {
+		b = b[len(b)-1<<20:]
+		b = b[bytes.IndexByte(b, '\n')+1:] // from a line's start
+	}
+	var keep []string
+	for line := range strings.Lines(string(b)) {
+		if !strings.Contains(line, " level=INFO ") {
+			keep = append(keep, line)
+		}
+	}
+	s := strings.TrimSpace(strings.Join(keep, ""))
+	if len(s) > 2048 {
+		s = s[len(s)-2048:]
+		s = s[strings.IndexByte(s, '\n')+1:] // from a line's start
+	}
+	return s
 }
 
 // regproxy is a running `regproxy serve`.
@@ -160,9 +177,20 @@ type regproxy struct {
 	roots *x509.CertPool // regproxy's CA: the only root its clients trust
 }
 
+// rpOptions are the flags that differ between the regproxy processes the
+// bench starts.
+type rpOptions struct {
+	logLevel    string // --log-level
+	manifestTTL string // --manifest-ttl
+}
+
+// defaultRP is the regproxy of scenarios a–e: quiet, and tags cached for an
+// hour, so that tag hits never revalidate.
+var defaultRP = rpOptions{logLevel: "warn", manifestTTL: "1h"}
+
 // startRegproxy serves regproxy with a fresh data dir under dir, intercepting
 // the upstream, and waits until it is healthy and has handed out its CA.
-func startRegproxy(ctx context.Context, bin, dir string, up *upstream, upstreamCA string) (*regproxy, error) {
+func startRegproxy(ctx context.Context, bin, dir string, up *upstream, upstreamCA string, opts rpOptions) (*regproxy, error) {
 	data, err := os.MkdirTemp(dir, "regproxy-data-")
 	if err != nil {
 		return nil, err
@@ -173,8 +201,8 @@ func startRegproxy(ctx context.Context, bin, dir string, up *upstream, upstreamC
 			return nil, err
 		}
 		p, err := startProc("regproxy", data+".log", bin, "serve", "--listen", addr, "--data-dir", data,
-			"--log-level", "warn", "--registries", upstreamHost, "--resolve", up.host()+"="+up.addr(),
-			"--upstream-ca", upstreamCA, "--manifest-ttl", "1h")
+			"--log-level", opts.logLevel, "--registries", upstreamHost, "--resolve", up.host()+"="+up.addr(),
+			"--upstream-ca", upstreamCA, "--manifest-ttl", opts.manifestTTL)
 		if err != nil {
 			return nil, err
 		}
@@ -216,30 +244,78 @@ func (rp *regproxy) loadCA(ctx context.Context) error {
 
 // peakRSS is the process's peak resident set size (VmHWM), in bytes.
 func (p *proc) peakRSS() (int64, error) {
+	st, err := p.status()
+	return st.hwm, err
+}
+
+// procStatus is what /proc/PID/status says of a process's memory and
+// threads. regproxy exposes no goroutine count; threads and open files
+// (fds) are what the bench can see from outside.
+type procStatus struct {
+	rss     int64 // VmRSS, bytes
+	hwm     int64 // VmHWM, the peak of VmRSS, bytes
+	threads int64
+}
+
+// status reads /proc/PID/status.
+func (p *proc) status() (procStatus, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
-		return 0, err
+		return procStatus{}, err
 	}
+	var st procStatus
+	var found int
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
+		name, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		switch {
+		case err != nil:
+		case name == "VmRSS":
+			st.rss, found = n<<10, found+1
+		case name == "VmHWM":
+			st.hwm, found = n<<10, found+1
+		case name == "Threads":
+			st.threads, found = n, found+1
 		}
 	}
-	return 0, errors.New("no VmHWM in /proc/PID/status")
+	if found != 3 {
+		return st, errors.New("no VmRSS, VmHWM or Threads in /proc/PID/status")
+	}
+	return st, nil
+}
+
+// fds counts the process's open file descriptors, or -1.
+func (p *proc) fds() int {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	if err != nil {
+		return -1
+	}
+	return len(entries)
 }
 
 // cpuTime is the CPU time (user and system) the process has used so far,
 // or 0 where /proc does not say.
-func (p *proc) cpuTime() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *proc) cpuTime() time.Duration { return pidCPUTime(p.cmd.Process.Pid) }
+
+// statFields are the fields of /proc/PID/stat after the parenthesised
+// command name, so that field 3 (state) is at index 0; nil where /proc
+// does not say.
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return nil
 	}
-	// Fields after the parenthesised command name start at field 3 (state);
-	// utime and stime are fields 14 and 15, in clock ticks of 1/100 s.
 	_, rest, _ := strings.Cut(string(b), ") ")
-	f := strings.Fields(rest)
+	return strings.Fields(rest)
+}
+
+// pidCPUTime is the CPU time of pid: utime and stime, fields 14 and 15,
+// in clock ticks of 1/100 s.
+func pidCPUTime(pid int) time.Duration {
+	f := statFields(pid)
 	if len(f) < 13 {
 		return 0
 	}

@@ -18,13 +18,16 @@ const (
 	targetP50        = 200 * time.Microsecond  // d
 	targetP99        = 500 * time.Microsecond  // d
 	targetRSS        = 64 * mib                // e
+	// c: a storm of verifying clients, over the larger of one fill alone
+	// and the same clients reading the cached blob.
+	targetVerifyRatio = 1.10
 )
 
 // Time limits of the scenarios. Every loop is also bounded in count.
 const (
 	warmTimeout     = 4 * time.Minute
 	coldTimeout     = 3 * time.Minute
-	stormTimeout    = 2 * time.Minute
+	stormTimeout    = 3 * time.Minute
 	manifestTimeout = time.Minute
 	rssTimeout      = 3 * time.Minute
 )
@@ -37,7 +40,9 @@ type bench struct {
 	bins     binaries
 	pki      *pki
 	up       *upstream
-	rp       *regproxy // replaced by a fresh process for the RSS scenario
+	rp       *regproxy // replaced by a fresh process for the RSS scenario and the soak
+	ngx      *nginx    // the nginx peer; nil when there is none
+	ngxWhy   string    // why there is none
 	progress io.Writer
 }
 
@@ -56,26 +61,69 @@ func setup(ctx context.Context, cfg config, dir string, progress io.Writer) (*be
 	if b.up, err = startUpstream(dir, b.pki); err != nil {
 		return nil, err
 	}
-	if b.rp, err = startRegproxy(ctx, b.bins.regproxy, dir, b.up, b.pki.caFile); err != nil {
+	if b.rp, err = startRegproxy(ctx, b.bins.regproxy, dir, b.up, b.pki.caFile, defaultRP); err != nil {
 		b.up.close()
 		return nil, err
 	}
 	b.logf("regproxy pid %d on %s; upstream %s at %s", b.rp.cmd.Process.Pid, b.rp.addr, b.up.host(), b.up.addr())
+	if err := b.startPeer(ctx); err != nil {
+		b.close()
+		return nil, err
+	}
 	return b, nil
 }
 
-// close stops regproxy and the upstream.
+// startPeer starts nginx when it is there and a scenario that uses it is
+// to run. No nginx is no error: its rows say so.
+func (b *bench) startPeer(ctx context.Context) error {
+	if !b.runs("acd") {
+		return nil
+	}
+	bin, why := findNginx(b.cfg.nginx)
+	if bin == "" {
+		b.ngxWhy = why
+		b.logf("note: no nginx peer: %s", why)
+		return nil
+	}
+	var err error
+	if b.ngx, err = startNginx(ctx, bin, b.dir, b.up, b.pki); err != nil {
+		return fmt.Errorf("nginx peer (%s; -nginx off runs without it): %w", bin, err)
+	}
+	b.logf("nginx peer (%s) pid %d on %s", b.ngx.version, b.ngx.cmd.Process.Pid, b.ngx.addr)
+	return nil
+}
+
+// runs reports whether any of the scenarios named by letters is to run.
+func (b *bench) runs(letters string) bool {
+	return b.cfg.only == "" || strings.ContainsAny(b.cfg.only, letters)
+}
+
+// close stops regproxy, the nginx peer and the upstream.
 func (b *bench) close() {
 	b.stopRegproxy()
+	if b.ngx != nil {
+		b.ngx.stop()
+	}
 	b.up.close()
 }
 
-// stopRegproxy stops regproxy (SIGTERM, then SIGKILL) and passes on
-// whatever it logged at --log-level warn.
+// peerRow says which nginx the nginx rows measured, or why there are none.
+func (b *bench) peerRow() row {
+	r := row{metric: "Peer: nginx proxy_cache with rpardini/docker-registry-proxy's caching settings (rows marked nginx)"}
+	if b.ngx == nil {
+		r.value = "not run: " + b.ngxWhy
+	} else {
+		r.value = b.ngx.version
+	}
+	return r
+}
+
+// stopRegproxy stops regproxy (SIGTERM, then SIGKILL) and passes on the
+// warnings and errors at the end of its log.
 func (b *bench) stopRegproxy() {
 	b.rp.stop()
 	if tail := b.rp.tail(); tail != "" {
-		b.logf("regproxy pid %d logged (end of its log):\n%s", b.rp.cmd.Process.Pid, tail)
+		b.logf("regproxy pid %d logged (end of its log, less INFO):\n%s", b.rp.cmd.Process.Pid, tail)
 	}
 }
 
@@ -83,10 +131,14 @@ func (b *bench) logf(format string, args ...any) {
 	fmt.Fprintf(b.progress, "regproxy-bench: "+format+"\n", args...)
 }
 
-// runAll runs the scenarios in order. The RSS scenario comes last: it
-// restarts regproxy. On error it returns the rows measured so far.
+// runAll runs the scenarios in order. The RSS scenario and the soak come
+// last: each restarts regproxy. On error it returns the rows measured so
+// far.
 func (b *bench) runAll(ctx context.Context) ([]row, error) {
 	var rows []row
+	if b.runs("acd") {
+		rows = append(rows, b.peerRow())
+	}
 	for _, s := range []struct {
 		name    string
 		run     func(context.Context) ([]row, error)
@@ -97,8 +149,9 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"c. cold storm", b.coldStorm, "c-cold-storm"},
 		{"d. tag manifest hits", b.manifestHits, "d-manifest-hits"},
 		{"e. peak RSS", b.peakRSS, ""},
+		{"f. soak", b.soakRun, ""}, // profiles its own fresh process
 	} {
-		if b.cfg.only != "" && !strings.Contains(b.cfg.only, s.name[:1]) {
+		if !b.runs(s.name[:1]) {
 			continue
 		}
 		b.logf("%s", s.name)
@@ -122,7 +175,8 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 func (b *bench) blobURL(bl *blob) string { return "https://" + b.up.host() + blobPath(bl) }
 
 // warmHits compares cache-hit throughput through regproxy's MITM path with
-// the baseline server's, on one stream and on cfg.streams at once.
+// the baseline server's, and with nginx's proxy_cache where there is one,
+// on one stream and on cfg.streams at once.
 func (b *bench) warmHits(ctx context.Context) ([]row, error) {
 	ctx, cancel := context.WithTimeout(ctx, warmTimeout)
 	defer cancel()
@@ -137,84 +191,114 @@ func (b *bench) warmHits(ctx context.Context) ([]row, error) {
 	}
 	defer bp.stop()
 	defer b.profile(bp, "a-warm-hits-baseline")()
-	proxied, direct := proxiedClient(b.rp.addr, b.rp.roots), directClient(baddr, b.pki.pool)
-	defer proxied.CloseIdleConnections()
-	defer direct.CloseIdleConnections()
+	sides := []*hitSide{
+		{name: "regproxy", client: proxiedClient(b.rp.addr, b.rp.roots), cpu: b.rp.cpuTime},
+		{name: "baseline", client: directClient(baddr, b.pki.pool), cpu: bp.cpuTime},
+	}
+	if b.ngx != nil {
+		sides = append(sides, &hitSide{name: "nginx", client: b.ngx.client(b.pki), cpu: b.ngx.cpuTime})
+	}
 	url := b.blobURL(bl)
-	if _, err := pull(ctx, proxied, url, bl.size, bl.digest); err != nil {
-		return nil, fmt.Errorf("warming the cache: %w", err)
+	for _, s := range sides {
+		defer s.client.CloseIdleConnections()
+		if s.name != "baseline" {
+			if _, err := pull(ctx, s.client, url, bl.size, bl.digest); err != nil {
+				return nil, fmt.Errorf("warming the %s cache: %w", s.name, err)
+			}
+		}
 	}
 	var rows []row
-	var cpu [2]time.Duration // regproxy's and the baseline's, over all timed runs
-	var served int64
 	for _, streams := range []int{1, b.cfg.streams} {
-		rp, base, err := b.compareHits(ctx, proxied, direct, bp, url, bl.size, streams)
-		if err != nil {
+		if err := b.compareHits(ctx, sides, url, bl.size, streams); err != nil {
 			return rows, err
 		}
-		cpu[0], cpu[1] = cpu[0]+rp.cpu, cpu[1]+base.cpu
-		served += int64(streams*b.cfg.warmRuns) * bl.size
-		ratio := rp.mbps / base.mbps
-		rows = append(rows, row{
-			metric: fmt.Sprintf("a. Warm hit, %s cached blob, %d stream(s): throughput (median of %d)",
-				sizeName(bl.size), streams, b.cfg.warmRuns),
-			value: fmtMBps(rp.mbps), peer: fmtMBps(base.mbps), ratio: fmtRatio(ratio),
-			target: fmt.Sprintf("≥ %.2f× baseline", targetHitRatio), met: verdict(ratio >= targetHitRatio),
-		})
+		rows = append(rows, b.hitRows(sides, bl.size, streams)...)
 	}
-	if n := bl.gets.Load(); n != 1 {
-		b.logf("warning: the warm blob was fetched upstream %d times, want 1: hits were not hits", n)
+	if n, want := bl.gets.Load(), int64(len(sides)-1); n != want {
+		b.logf("warning: the warm blob was fetched upstream %d times, want %d: hits were not hits", n, want)
 	}
-	perGiB := func(d time.Duration) float64 { return d.Seconds() / (float64(served) / (1 << 30)) }
-	return append(rows, row{
-		metric: "a. Warm hit: server CPU time per GiB served (all timed runs)",
-		value:  fmtSec(perGiB(cpu[0])), peer: fmtSec(perGiB(cpu[1])), ratio: fmtRatio(perGiB(cpu[0]) / perGiB(cpu[1])),
-	}), nil
+	return append(rows, hitCPURows(sides, bl.size, b.cfg.warmRuns*(1+b.cfg.streams))...), nil
 }
 
-// hitStats is one side of a warm-hit comparison.
-type hitStats struct {
-	mbps float64       // median throughput of the timed rounds
-	cpu  time.Duration // the server's CPU time over all of them
+// hitRows reports one stream count of scenario a: regproxy against the
+// baseline, then against nginx.
+func (b *bench) hitRows(sides []*hitSide, size int64, streams int) []row {
+	what := fmt.Sprintf("a. Warm hit, %s cached blob, %d stream(s): throughput (median of %d)",
+		sizeName(size), streams, b.cfg.warmRuns)
+	rp, base := median(sides[0].lastMBps()), median(sides[1].lastMBps())
+	ratio := rp / base
+	rows := []row{{metric: what, value: fmtMBps(rp), peer: fmtMBps(base), ratio: fmtRatio(ratio),
+		target: fmt.Sprintf("≥ %.2f× baseline", targetHitRatio), met: verdict(ratio >= targetHitRatio)}}
+	if len(sides) > 2 {
+		ng := median(sides[2].lastMBps())
+		rows = append(rows, row{metric: fmt.Sprintf("a. Warm hit, %d stream(s), against nginx proxy_cache: throughput", streams),
+			value: fmtMBps(rp), peer: fmtMBps(ng) + " nginx", ratio: fmtRatio(rp / ng)})
+	}
+	return rows
 }
+
+// hitCPURows reports the servers' CPU time per GiB over all timed runs
+// (runs pulls of size bytes each).
+func hitCPURows(sides []*hitSide, size int64, runs int) []row {
+	gib := float64(int64(runs)*size) / (1 << 30)
+	perGiB := func(s *hitSide) float64 {
+		var sum time.Duration
+		for _, d := range s.cpus {
+			sum += d
+		}
+		return sum.Seconds() / gib
+	}
+	rp, base := perGiB(sides[0]), perGiB(sides[1])
+	rows := []row{{metric: "a. Warm hit: server CPU time per GiB served (all timed runs)",
+		value: fmtSec(rp), peer: fmtSec(base), ratio: fmtRatio(rp / base)}}
+	if len(sides) > 2 {
+		ng := perGiB(sides[2])
+		rows = append(rows, row{metric: "a. Warm hit: server CPU time per GiB served, against nginx (master and workers)",
+			value: fmtSec(rp), peer: fmtSec(ng) + " nginx", ratio: fmtRatio(rp / ng)})
+	}
+	return rows
+}
+
+// hitSide is one server of the warm-hit comparison and what it measured.
+type hitSide struct {
+	name   string
+	client *http.Client
+	cpu    func() time.Duration // the server's CPU time so far
+	mbps   []float64            // per timed round, across stream counts
+	cpus   []time.Duration      // the server's CPU time in each timed round
+	rounds int                  // timed rounds of the current stream count
+}
+
+// lastMBps are the rates of the current stream count's rounds.
+func (s *hitSide) lastMBps() []float64 { return s.mbps[len(s.mbps)-s.rounds:] }
 
 // compareHits times cfg.warmRuns rounds of streams concurrent pulls through
-// each client, alternating which goes first, after one untimed round each
-// that opens the connections. It returns regproxy's stats, then the
-// baseline's.
-func (b *bench) compareHits(ctx context.Context, proxied, direct *http.Client, bp *proc, url string, size int64, streams int) (rp, base hitStats, err error) {
-	sides := []struct {
-		client *http.Client
-		server *proc
-		mbps   []float64
-		cpu    []time.Duration // the server's CPU time in each round
-	}{{client: proxied, server: b.rp.proc}, {client: direct, server: bp}}
+// each side, rotating which goes first, after one untimed round each that
+// opens the connections.
+func (b *bench) compareHits(ctx context.Context, sides []*hitSide, url string, size int64, streams int) error {
 	for _, s := range sides {
+		s.rounds = 0
 		if _, err := round(ctx, s.client, url, size, streams); err != nil {
-			return rp, base, err
+			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
 	for i := range b.cfg.warmRuns {
+		line := fmt.Sprintf("  %d stream(s), run %d:", streams, i+1)
 		for j := range sides {
-			s := &sides[(i+j)%len(sides)]
-			cpu := s.server.cpuTime()
+			s := sides[(i+j)%len(sides)]
+			cpu := s.cpu()
 			v, err := round(ctx, s.client, url, size, streams)
 			if err != nil {
-				return rp, base, err
+				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			s.mbps, s.cpu = append(s.mbps, v), append(s.cpu, s.server.cpuTime()-cpu)
+			s.mbps, s.cpus, s.rounds = append(s.mbps, v), append(s.cpus, s.cpu()-cpu), s.rounds+1
 		}
-		b.logf("  %d stream(s), run %d: regproxy %.0f MB/s (its CPU %.2f s), baseline %.0f MB/s (its CPU %.2f s)",
-			streams, i+1, sides[0].mbps[i], sides[0].cpu[i].Seconds(), sides[1].mbps[i], sides[1].cpu[i].Seconds())
-	}
-	stats := func(i int) hitStats {
-		var sum time.Duration
-		for _, d := range sides[i].cpu {
-			sum += d
+		for _, s := range sides {
+			line += fmt.Sprintf(" %s %.0f MB/s (its CPU %.2f s)", s.name, s.mbps[len(s.mbps)-1], s.cpus[len(s.cpus)-1].Seconds())
 		}
-		return hitStats{mbps: median(sides[i].mbps), cpu: sum}
+		b.logf("%s", line)
 	}
-	return stats(0), stats(1), nil
+	return nil
 }
 
 // round pulls url on n streams at once and returns the aggregate MB/s.

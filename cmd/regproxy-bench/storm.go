@@ -23,7 +23,8 @@ type stormResult struct {
 
 // storm starts clients at once, each with a client of its own from
 // newClient and so on a connection of its own (as many nodes would), all
-// pulling bl. Client 0 also checks the bytes against the digest.
+// pulling bl. Every client hashes its body as it reads it and checks it
+// against the digest, as containerd, skopeo and crane do.
 func (b *bench) storm(ctx context.Context, newClient func() *http.Client, bl *blob, clients int) (stormResult, error) {
 	before := bl.gets.Load()
 	start := make(chan struct{})
@@ -32,14 +33,10 @@ func (b *bench) storm(ctx context.Context, newClient func() *http.Client, bl *bl
 	var wg sync.WaitGroup
 	for i := range clients {
 		c := newClient()
-		verify := ""
-		if i == 0 {
-			verify = bl.digest
-		}
 		wg.Go(func() {
 			defer c.CloseIdleConnections()
 			<-start
-			results[i], errs[i] = pull(ctx, c, b.blobURL(bl), bl.size, verify)
+			results[i], errs[i] = pull(ctx, c, b.blobURL(bl), bl.size, bl.digest)
 		})
 	}
 	close(start)
@@ -64,11 +61,18 @@ func viaProxy(rp *regproxy) func() *http.Client {
 // at once. One upstream fetch must serve them all, and they should get
 // their first bytes at once and finish about when the upstream does. The
 // peer is the same storm on the baseline server, warm and unthrottled:
-// what the clients' TLS alone costs on this machine.
+// what the clients' TLS alone costs on this machine. Then, with every
+// client verifying its body: how the storm compares with its two bounds,
+// one fill alone and the same clients reading the blob once cached; and
+// nginx's proxy_cache in the same storm, on a fresh blob of its own.
 func (b *bench) coldStorm(ctx context.Context) ([]row, error) {
 	ctx, cancel := context.WithTimeout(ctx, stormTimeout)
 	defer cancel()
 	size, rate, n := b.cfg.stormSize, b.cfg.stormRate, b.cfg.stormClients
+	alone, err := b.fillAlone(ctx, size, rate)
+	if err != nil {
+		return nil, err
+	}
 	bl, err := b.up.addBlob(size, rate)
 	if err != nil {
 		return nil, err
@@ -80,11 +84,58 @@ func (b *bench) coldStorm(ctx context.Context) ([]row, error) {
 		return nil, err
 	}
 	b.logf("  regproxy CPU during the storm: %.2f s", (b.rp.cpuTime() - cpu).Seconds())
+	warm, err := b.storm(ctx, viaProxy(b.rp), bl, n)
+	if err != nil {
+		return nil, fmt.Errorf("warm read: %w", err)
+	}
 	peer, err := b.baselineStorm(ctx, bl, n)
 	if err != nil {
 		return nil, err
 	}
-	return stormRows(res, peer, size, rate, n), nil
+	rows := stormRows(res, peer, size, rate, n)
+	rows = append(rows, verifyRows(res, warm, alone, n)...)
+	ngx, err := b.nginxStorm(ctx, size, rate, n)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, nginxStormRows(res, ngx)...), nil
+}
+
+// fillAlone is one verifying client pulling a fresh blob of size at rate
+// through regproxy: the time of one upstream fill, with no storm.
+func (b *bench) fillAlone(ctx context.Context, size, rate int64) (time.Duration, error) {
+	bl, err := b.up.addBlob(size, rate)
+	if err != nil {
+		return 0, err
+	}
+	defer b.up.removeBlob(bl)
+	c := proxiedClient(b.rp.addr, b.rp.roots)
+	defer c.CloseIdleConnections()
+	r, err := pull(ctx, c, b.blobURL(bl), bl.size, bl.digest)
+	if err != nil {
+		return 0, fmt.Errorf("one fill alone: %w", err)
+	}
+	return r.total, nil
+}
+
+// verifyRows reports the verifying storm against its bounds: the storm's
+// median total can be no shorter than one fill, nor than the same clients
+// reading the blob from regproxy's cache.
+func verifyRows(storm, warm stormResult, alone time.Duration, n int) []row {
+	med, warmMed := percentile(storm.total, 50), percentile(warm.total, 50)
+	bound := max(alone, warmMed)
+	ratio := med.Seconds() / bound.Seconds()
+	return []row{
+		{metric: "c. Verifying storm (every client checks sha256 as it reads): one upstream fill alone, 1 client, same blob size and rate: total",
+			value: fmtSec(alone.Seconds())},
+		{metric: fmt.Sprintf("c. Verifying storm: the same %d clients reading the blob from regproxy's cache (warm): total per client, median", n),
+			value: fmtSec(warmMed.Seconds())},
+		{metric: "c. Verifying storm: storm median total / the larger of those two",
+			value: fmtSec(med.Seconds()), peer: fmtSec(bound.Seconds()), ratio: fmtRatio(ratio),
+			target: fmt.Sprintf("≤ %.2f×", targetVerifyRatio), met: verdict(ratio <= targetVerifyRatio)},
+		{metric: "c. Verifying storm: upstream blob fetches by the warm read", value: fmt.Sprint(warm.fetches),
+			target: "= 0", met: verdict(warm.fetches == 0)},
+	}
 }
 
 // baselineStorm runs the storm's clients against the baseline server
@@ -129,7 +180,8 @@ func stormRows(res, peer stormResult, size, rate int64, n int) []row {
 // manifestHits is scenario d: sequential GETs of a cached tag on one
 // keep-alive connection through regproxy. The peer is the same loop
 // against the baseline server serving the manifest from a file: a plain Go
-// TLS server in another process, the floor of this machine.
+// TLS server in another process, the floor of this machine; and against
+// nginx's proxy_cache, where there is one.
 func (b *bench) manifestHits(ctx context.Context) ([]row, error) {
 	ctx, cancel := context.WithTimeout(ctx, manifestTimeout)
 	defer cancel()
@@ -149,7 +201,12 @@ func (b *bench) manifestHits(ctx context.Context) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
-	return manifestRows(lat, peer, upstreamReqs, dials.Load()), nil
+	rows := manifestRows(lat, peer, upstreamReqs, dials.Load())
+	ngx, ngxReqs, ngxDials, err := b.nginxGets(ctx, url)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, nginxManifestRows(lat, ngx, upstreamReqs, ngxReqs, dials.Load(), ngxDials)...), nil
 }
 
 // baselineGets runs the GET loop against the baseline server serving the
@@ -246,7 +303,7 @@ func (b *bench) peakRSS(ctx context.Context) ([]row, error) {
 	rows := []row{{metric: "e. Peak RSS (VmHWM) of regproxy after scenarios a–d", value: fmtMiB(before),
 		target: "≤ " + fmtMiB(targetRSS), met: verdict(before <= targetRSS)}}
 	b.stopRegproxy()
-	fresh, err := startRegproxy(ctx, b.bins.regproxy, b.dir, b.up, b.pki.caFile)
+	fresh, err := startRegproxy(ctx, b.bins.regproxy, b.dir, b.up, b.pki.caFile, defaultRP)
 	if err != nil {
 		return rows, err
 	}

@@ -43,6 +43,10 @@ type upstream struct {
 
 	blobGets     atomic.Int64 // GETs of any blob
 	manifestReqs atomic.Int64 // GETs and HEADs of the manifest
+
+	// faults, when set, makes the upstream misbehave (the soak); nil
+	// means it serves every request faithfully.
+	faults atomic.Pointer[faults]
 }
 
 // blob is a generated blob kept in a file, so that neither the bench nor
@@ -83,6 +87,13 @@ func (u *upstream) addr() string { return net.JoinHostPort("127.0.0.1", u.port) 
 
 func (u *upstream) close() { u.srv.Close() }
 
+// closeIdle closes the upstream's idle keep-alive connections, so that
+// regproxy's pooled connections to it go away too.
+func (u *upstream) closeIdle() {
+	u.srv.SetKeepAlivesEnabled(false) // closes the idle ones
+	u.srv.SetKeepAlivesEnabled(true)
+}
+
 // serveHTTP routes /v2/ (the ping), blobs and manifests.
 func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -90,12 +101,19 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	path := r.URL.Path
+	var plan faultPlan
+	if f := u.faults.Load(); f != nil {
+		plan = f.plan(r.Method == http.MethodGet && strings.Contains(path, "/blobs/"))
+		if !f.apply(w, r, plan) {
+			return
+		}
+	}
 	switch {
 	case path == "/v2/":
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, "{}")
 	case strings.Contains(path, "/blobs/"):
-		u.serveBlob(w, r, path[strings.LastIndex(path, "/")+1:])
+		u.serveBlob(w, r, path[strings.LastIndex(path, "/")+1:], plan)
 	case strings.Contains(path, "/manifests/"):
 		u.serveManifest(w, r, path[strings.LastIndex(path, "/")+1:])
 	default:
@@ -104,8 +122,9 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveBlob answers GET and HEAD (and Range, for regproxy's resumes) of a
-// blob from its file, throttled if the blob says so.
-func (u *upstream) serveBlob(w http.ResponseWriter, r *http.Request, digest string) {
+// blob from its file, throttled if the blob or the fault plan says so, and
+// cut if the plan says so.
+func (u *upstream) serveBlob(w http.ResponseWriter, r *http.Request, digest string, plan faultPlan) {
 	u.mu.Lock()
 	b := u.blobs[digest]
 	u.mu.Unlock()
@@ -125,10 +144,26 @@ func (u *upstream) serveBlob(w http.ResponseWriter, r *http.Request, digest stri
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Docker-Content-Digest", b.digest)
-	if b.rate > 0 {
-		w = newThrottledWriter(w, r, b.rate)
+	rate := b.rate
+	if plan.rate > 0 && (rate == 0 || plan.rate < rate) {
+		rate = plan.rate
 	}
-	http.ServeContent(w, r, "", time.Time{}, f)
+	if rate > 0 {
+		w = newThrottledWriter(w, r, rate)
+	}
+	if plan.cutAt <= 0 {
+		http.ServeContent(w, r, "", time.Time{}, f)
+		return
+	}
+	cw := &cutWriter{ResponseWriter: w, left: int64(plan.cutAt * float64(b.size))}
+	http.ServeContent(cw, r, "", time.Time{}, f)
+	if cw.cut {
+		if f := u.faults.Load(); f != nil {
+			f.cuts.Add(1)
+		}
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler) // close the connection mid-body
+	}
 }
 
 // serveManifest answers the one manifest, by tag or by digest.
@@ -239,6 +274,10 @@ type throttledWriter struct {
 func newThrottledWriter(w http.ResponseWriter, r *http.Request, rate int64) *throttledWriter {
 	return &throttledWriter{ResponseWriter: w, r: r, rate: float64(rate), tokens: throttleChunk, last: time.Now()}
 }
+
+// Unwrap lets http.ResponseController reach the real writer (to flush
+// before a cut).
+func (t *throttledWriter) Unwrap() http.ResponseWriter { return t.ResponseWriter }
 
 // Write sends p in chunks, each after the bucket holds enough tokens.
 func (t *throttledWriter) Write(p []byte) (int, error) {
