@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -90,11 +91,18 @@ func create(dir string, permit []string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := mkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
 	certFile, keyFile := filepath.Join(dir, certName), filepath.Join(dir, keyName)
-	if err := os.Remove(certFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	switch err := os.Remove(certFile); {
+	case err == nil:
+		// The removal must be on disk before the new key can be: a power
+		// cut would otherwise leave the old certificate with the new key.
+		if err := syncDir(dir); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("ca: %w", err)
 	}
 	if err := writeAtomic(keyFile, keyPEM, 0o600); err != nil {
@@ -292,6 +300,9 @@ func pemBytes(typ string, der []byte) []byte {
 // writeAtomic writes data to a temporary file in the target's directory and
 // renames it into place, so a reader never sees a partial file and the key
 // is never readable by others, even for a moment (CreateTemp uses 0600).
+// The file is synced before the rename, so that its name never reaches the
+// disk before its bytes, and the directory after it, so that the file
+// survives a power cut: nodes trust the certificate from then on.
 func writeAtomic(path string, data []byte, perm fs.FileMode) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
@@ -311,11 +322,54 @@ func writeAtomic(path string, data []byte, perm fs.FileMode) (err error) {
 	if err := f.Chmod(perm); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
+	if err := syncFile(f); err != nil {
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), path)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncFile flushes a file or directory to stable storage. Tests replace it
+// to see what is synced when.
+var syncFile = (*os.File).Sync
+
+// syncDir syncs directory dir, so that the names in it survive a power cut.
+// Some filesystems (network and FUSE ones) cannot sync a directory and say
+// so with EINVAL; their renames are as durable as they make them.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = errors.Join(syncFile(f), f.Close())
+	if errors.Is(err, syscall.EINVAL) {
+		return nil
+	}
+	return err
+}
+
+// mkdirAll is os.MkdirAll that also syncs the parent of each directory it
+// creates, so that the new directories survive a power cut.
+func mkdirAll(dir string, perm fs.FileMode) error {
+	var created []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || filepath.Dir(d) == d {
+			break
+		}
+		created = append(created, d)
+	}
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

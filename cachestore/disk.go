@@ -42,6 +42,10 @@ type Disk struct {
 	// its WriteStream holds that lock for a whole copy, and its ReadStream
 	// leaks the file of a reader that stops before EOF.
 	dv *diskv.Diskv
+	// fsync flushes a file or directory to stable storage: (*os.File).Sync,
+	// which tests replace to see when commits sync, or to stop one there as
+	// a crash would.
+	fsync func(*os.File) error
 }
 
 var (
@@ -73,7 +77,7 @@ func NewDisk(root string) (*Disk, error) {
 		PathPerm:          0o755,
 		FilePerm:          0o644,
 	})
-	return &Disk{root: abs, spool: spool, dv: dv}, nil
+	return &Disk{root: abs, spool: spool, dv: dv, fsync: (*os.File).Sync}, nil
 }
 
 // sweep removes everything in dir.
@@ -202,7 +206,9 @@ func (d *Disk) Open(_ context.Context, key string) (Reader, error) {
 func (d *Disk) SpoolDir() string { return d.spool }
 
 // ImportFile implements FileImporter. A file of the wrong size is refused
-// with an error wrapping ErrDigestMismatch and left where it is.
+// with an error wrapping ErrDigestMismatch and left where it is. The file
+// is synced before it is renamed, as Commit syncs its own (see install),
+// whether or not the caller synced it already.
 func (d *Disk) ImportFile(ctx context.Context, key, path string, size int64, dg digest.Digest) error {
 	if _, err := d.path(key); err != nil {
 		return err
@@ -224,14 +230,58 @@ func (d *Disk) ImportFile(ctx context.Context, key, path string, size int64, dg 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("cachestore: import %s: %w", key, err)
 	}
+	if err := d.syncPath(path); err != nil {
+		return fmt.Errorf("cachestore: import %s: sync: %w", key, err)
+	}
 	return d.install(key, path)
 }
 
-// install moves the file at src to key's place. diskv renames under its
-// lock, so a reader sees the old entry or the new one, never a partial file.
+// install moves the file at src, already synced, to key's place, and then
+// syncs the directories on the way to it:
+//  1. src's data is on disk before its new name can be (the caller synced
+//     it), so a crash never leaves a visible entry of missing bytes: a
+//     journal may commit the rename before the data;
+//  2. diskv creates the directories the key needs and renames under its
+//     lock, so a reader sees the old entry or the new one, never a partial
+//     file;
+//  3. the directory that holds the entry is synced, so that the rename, and
+//     with it an entry clients were told is cached, survives a power cut;
+//     so are its parents up to the root, each of which may hold a directory
+//     this commit, or a concurrent one, just created. Syncing a directory
+//     that did not change costs little.
+//
+// An error from step 3 comes after the rename: the entry is visible and
+// whole, but may not survive a power cut.
 func (d *Disk) install(key, src string) error {
 	if err := d.dv.Import(src, key, true); err != nil {
 		return fmt.Errorf("cachestore: commit %s: %w", key, err)
+	}
+	p, _ := d.path(key) // install's callers checked the key
+	for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
+		if err := d.syncDir(dir); err != nil {
+			return fmt.Errorf("cachestore: commit %s: %w", key, err)
+		}
+		if dir == d.root || dir == filepath.Dir(dir) {
+			return nil
+		}
+	}
+}
+
+// syncPath flushes the file or directory at path to stable storage.
+func (d *Disk) syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.fsync(f), f.Close())
+}
+
+// syncDir is syncPath for a directory. Some filesystems (network and FUSE
+// ones) cannot sync a directory and say so with EINVAL; their renames are
+// as durable as they make them.
+func (d *Disk) syncDir(dir string) error {
+	if err := d.syncPath(dir); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	return nil
 }

@@ -55,7 +55,8 @@ func (w *diskWriter) Write(p []byte) (int, error) {
 //  1. verify the bytes against dg (from the running hash if dg is sha256),
 //  2. fsync, so that a crash cannot leave a visible entry whose data never
 //     reached the disk (the rename may be journaled before the data),
-//  3. rename the file into place.
+//  3. rename the file into place and sync the directories that hold it
+//     (see install).
 //
 // Whatever fails, the spool file is removed and the writer is done.
 func (w *diskWriter) Commit(ctx context.Context, dg digest.Digest) error {
@@ -67,7 +68,7 @@ func (w *diskWriter) Commit(ctx context.Context, dg digest.Digest) error {
 	if err := w.verify(ctx, f, dg); err != nil {
 		return errors.Join(fmt.Errorf("cachestore: commit %s: %w", w.key, err), discard(f))
 	}
-	if err := f.Sync(); err != nil {
+	if err := w.disk.fsync(f); err != nil {
 		return errors.Join(fmt.Errorf("cachestore: commit %s: %w", w.key, err), discard(f))
 	}
 	if err := f.Close(); err != nil {

@@ -19,15 +19,18 @@ type Memory struct {
 }
 
 var (
-	_ Store   = (*Memory)(nil)
-	_ Deleter = (*Memory)(nil)
+	_ Store       = (*Memory)(nil)
+	_ Deleter     = (*Memory)(nil)
+	_ TypedWriter = (*memWriter)(nil)
+	_ TypedReader = memReader{}
 )
 
 // memEntry is a committed entry. data is never modified after commit, so
 // readers share it without copying.
 type memEntry struct {
-	data    []byte
-	modTime time.Time
+	data      []byte
+	mediaType string
+	modTime   time.Time
 }
 
 // NewMemory returns an empty in-memory store.
@@ -58,10 +61,17 @@ func (m *Memory) Stat(_ context.Context, key string) (Info, error) {
 	return Info{Size: int64(len(e.data)), ModTime: e.modTime}, nil
 }
 
-// memReader adds Close to a bytes.Reader, which already has Size.
-type memReader struct{ *bytes.Reader }
+// memReader adds Close and MediaType to a bytes.Reader, which already has
+// Size.
+type memReader struct {
+	*bytes.Reader
+	mediaType string
+}
 
 func (memReader) Close() error { return nil }
+
+// MediaType implements TypedReader.
+func (r memReader) MediaType() string { return r.mediaType }
 
 // Open implements Store.
 func (m *Memory) Open(_ context.Context, key string) (Reader, error) {
@@ -69,7 +79,7 @@ func (m *Memory) Open(_ context.Context, key string) (Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return memReader{bytes.NewReader(e.data)}, nil
+	return memReader{Reader: bytes.NewReader(e.data), mediaType: e.mediaType}, nil
 }
 
 // Create implements Store.
@@ -97,11 +107,15 @@ func (m *Memory) Delete(_ context.Context, key string) error {
 // memWriter buffers an entry until Commit. It is meant for one goroutine at
 // a time.
 type memWriter struct {
-	m    *Memory
-	key  string
-	buf  bytes.Buffer
-	done bool // committed or discarded
+	m         *Memory
+	key       string
+	mediaType string
+	buf       bytes.Buffer
+	done      bool // committed or discarded
 }
+
+// SetMediaType implements TypedWriter.
+func (w *memWriter) SetMediaType(mediaType string) { w.mediaType = mediaType }
 
 // Write implements io.Writer.
 func (w *memWriter) Write(p []byte) (int, error) {
@@ -122,7 +136,7 @@ func (w *memWriter) Commit(ctx context.Context, dg digest.Digest) error {
 		return fmt.Errorf("cachestore: commit %s: %w", w.key, err)
 	}
 	w.m.mu.Lock()
-	w.m.entries[w.key] = memEntry{data: data, modTime: time.Now()}
+	w.m.entries[w.key] = memEntry{data: data, mediaType: w.mediaType, modTime: time.Now()}
 	w.m.mu.Unlock()
 	return nil
 }

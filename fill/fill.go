@@ -1,19 +1,25 @@
 // Package fill owns the fetching of content-addressed blobs into the cache:
-// one fill per digest however many requests ask for it at once. A fill
-// streams upstream bytes into a local spool file that any number of readers
-// follow while it grows, verifies the digest, and only then commits the file
-// to a cachestore.Store. A fill belongs to no client: it runs under its own
-// context, bounded by a timeout, and outlives the request that started it.
+// one fill per digest however many requests ask for it at once. Group.Do is
+// its whole interface, in the shape of singleflight: the caller names a
+// digest and hands over a function that fetches it upstream, and gets back a
+// reader of the committed entry, of the fill in progress, or of a new fill
+// that its function started.
 //
-// The package knows nothing of HTTP. Its caller (the proxy) makes the first
-// upstream request and hands the body over with Start, or gives up with
-// Abandon so that waiting requests fetch for themselves.
+// A fill streams upstream bytes into a local spool file that any number of
+// readers follow while it grows, verifies the digest, and only then commits
+// the file to a cachestore.Store. It belongs to no client: it runs under its
+// own context, bounded by a timeout, and outlives the requests that asked
+// for it. When the spool cannot take the bytes (a full disk, a file size
+// limit), the fill relays them to its readers through a bounded window in
+// memory instead, and commits nothing.
+//
+// The package knows nothing of HTTP: the caller's Fetch makes the upstream
+// requests, and an answer that is not the blob comes back as a *Refused.
 package fill
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -23,16 +29,6 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 )
-
-// ErrAbandoned is returned by Fill.NewReader when the fill's leader got no
-// usable upstream response (an error status, say). The caller should fetch
-// on its own account, e.g. by joining again.
-var ErrAbandoned = errors.New("fill: abandoned before start")
-
-// ErrFinished is returned by Fill.NewReader when the fill has already
-// ended and closed its spool file. The caller should look in the store,
-// and join again if the blob is not there.
-var ErrFinished = errors.New("fill: already finished")
 
 // Config configures a Group.
 type Config struct {
@@ -44,10 +40,21 @@ type Config struct {
 	SpoolDir string
 	// Timeout bounds a whole fill, resumes included. Zero means one hour.
 	Timeout time.Duration
+	// StallTimeout ends an upstream attempt that delivers no byte for this
+	// long (waiting for the headers included); the fill then resumes or
+	// fails. A fill that relays (see RelayWindow) also cuts a reader that
+	// takes no byte for this long while it holds the window full. Zero
+	// means one minute.
+	StallTimeout time.Duration
 	// MaxResumes bounds how often a cut upstream stream is resumed with a
 	// Range request. Zero means 3; negative disables resuming.
 	MaxResumes int
-	// Logger receives one line per failed fill. Nil means slog.Default().
+	// RelayWindow is how many bytes a fill keeps in memory for its readers
+	// once its spool file takes no more (the disk is full). Zero means
+	// 4 MiB.
+	RelayWindow int
+	// Logger receives one line per failed fill, and per fill that could not
+	// spool. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -56,27 +63,39 @@ type Group struct {
 	store      cachestore.Store
 	spoolDir   string
 	timeout    time.Duration
+	stall      time.Duration
 	maxResumes int
+	window     int
 	log        *slog.Logger
 
 	ctx    context.Context // cancelled by Close; every fill stops with it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // one per running fill goroutine
 
-	mu    sync.Mutex // protects fills and closed
+	mu    sync.Mutex // protects fills and closed; held only for the map
 	fills map[digest.Digest]*Fill
-	// closed is set by Close; Join then refuses to start fills so that
+	// closed is set by Close; Do then refuses to start fills so that
 	// Close's Wait cannot race a late Add.
 	closed bool
 }
+
+// Defaults of Config's zero values.
+const (
+	defaultTimeout     = time.Hour
+	defaultStall       = time.Minute
+	defaultMaxResumes  = 3
+	defaultRelayWindow = 4 << 20
+)
 
 // New returns a Group that commits into cfg.Store.
 func New(cfg Config) *Group {
 	g := &Group{
 		store:      cfg.Store,
 		spoolDir:   cfg.SpoolDir,
-		timeout:    cfg.Timeout,
+		timeout:    orDefault(cfg.Timeout, defaultTimeout),
+		stall:      orDefault(cfg.StallTimeout, defaultStall),
 		maxResumes: cfg.MaxResumes,
+		window:     orDefault(cfg.RelayWindow, defaultRelayWindow),
 		log:        cfg.Logger,
 		fills:      make(map[digest.Digest]*Fill),
 	}
@@ -86,11 +105,8 @@ func New(cfg Config) *Group {
 			g.spoolDir = imp.SpoolDir()
 		}
 	}
-	if g.timeout <= 0 {
-		g.timeout = time.Hour
-	}
 	if g.maxResumes == 0 {
-		g.maxResumes = 3
+		g.maxResumes = defaultMaxResumes
 	}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -99,26 +115,16 @@ func New(cfg Config) *Group {
 	return g
 }
 
-// ErrClosed is returned by Join after Close.
-var ErrClosed = errors.New("fill: group closed")
-
-// Join returns the fill in progress for d, or registers a new one. When
-// leader is true the caller must call exactly one of Start or Abandon on it;
-// reqCtx only lends its values (never its cancellation) to the fill.
-func (g *Group) Join(reqCtx context.Context, d digest.Digest) (f *Fill, leader bool, err error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return nil, false, ErrClosed
+// orDefault returns v, or def when v is not positive.
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
 	}
-	if f, ok := g.fills[d]; ok {
-		return f, false, nil
-	}
-	f = newFill(g, reqCtx, d)
-	g.fills[d] = f
-	g.wg.Add(1) // released when the fill ends, by Start's goroutine or Abandon
-	return f, true, nil
+	return v
 }
+
+// ErrClosed is returned by Do after Close.
+var ErrClosed = errors.New("fill: group closed")
 
 // InFlight reports how many fills are registered now (for metrics and tests).
 func (g *Group) InFlight() int {
@@ -144,32 +150,4 @@ func (g *Group) forget(f *Fill) {
 	if g.fills[f.digest] == f {
 		delete(g.fills, f.digest)
 	}
-}
-
-func newFill(g *Group, reqCtx context.Context, d digest.Digest) *Fill {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), g.timeout)
-	stop := context.AfterFunc(g.ctx, cancel)
-	f := &Fill{
-		group:   g,
-		digest:  d,
-		ctx:     ctx,
-		cancel:  func() { stop(); cancel() },
-		started: make(chan struct{}),
-		notify:  make(chan struct{}),
-		refs:    1, // the fill's own reference, dropped when it ends
-	}
-	return f
-}
-
-// errSizeMismatch reports a body whose length differs from what upstream
-// announced.
-func errSizeMismatch(got, want int64) error {
-	return fmt.Errorf("fill: got %d bytes, upstream announced %d", got, want)
-}
-
-// Lookup returns the fill in progress for d, or nil. It never starts one.
-func (g *Group) Lookup(d digest.Digest) *Fill {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.fills[d]
 }

@@ -39,9 +39,12 @@ func BenchmarkFillOneReader(b *testing.B) {
 			b.Fatal(err)
 		}
 		g := fill.New(fill.Config{Store: store})
-		f, _, _ := g.Join(context.Background(), d)
-		f.Start(fill.Body{Reader: io.NopCloser(bytes.NewReader(blob)), Size: int64(len(blob))})
-		r, _ := f.NewReader(context.Background())
+		r, err := g.Do(context.Background(), d, func(context.Context, int64) (fill.Body, error) {
+			return fill.Body{ReadCloser: io.NopCloser(bytes.NewReader(blob)), Size: int64(len(blob))}, nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
 		if n, err := io.Copy(io.Discard, r); err != nil || n != int64(len(blob)) {
 			b.Fatalf("read %d, %v", n, err)
 		}

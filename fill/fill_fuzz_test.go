@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -40,41 +41,40 @@ func FuzzServeRange(f *testing.F) {
 		f.Add(s.rng, s.size)
 	}
 	f.Fuzz(func(t *testing.T, rng string, size uint16) {
-		blob := make([]byte, size)
-		rand.NewChaCha8([32]byte{byte(size), byte(size >> 8)}).Read(blob) // bytes differ by position
-		d := digest.FromBytes(blob)
-		store := cachestore.NewMemory()
-		g := newGroup(t, store, 0)
-
-		fromFill := fuzzServe(t, rng, fuzzFillReader(t, g, blob, d))
-		fuzzCheckAnswer(t, rng, blob, fromFill)
-		committed := fuzzOpenCommitted(t, store, d)
-		defer committed.Close()
-		fromStore := fuzzServe(t, rng, committed)
-		fuzzCheckAnswer(t, rng, blob, fromStore)
-		// Multipart boundaries are random; everything else must agree.
-		same := fromStore.Code == fromFill.Code && fromStore.Body.Len() == fromFill.Body.Len() &&
-			fromStore.Header().Get("Content-Range") == fromFill.Header().Get("Content-Range")
-		if !same {
-			t.Fatalf("Range %q: store answered %d (%d bytes, %q), fill %d (%d bytes, %q)", rng,
-				fromStore.Code, fromStore.Body.Len(), fromStore.Header().Get("Content-Range"),
-				fromFill.Code, fromFill.Body.Len(), fromFill.Header().Get("Content-Range"))
-		}
+		synctest.Test(t, func(t *testing.T) { fuzzServeRange(t, rng, size) })
 	})
+}
+
+// fuzzServeRange is one run of FuzzServeRange, in a synctest bubble.
+func fuzzServeRange(t *testing.T, rng string, size uint16) {
+	blob := make([]byte, size)
+	rand.NewChaCha8([32]byte{byte(size), byte(size >> 8)}).Read(blob) // bytes differ by position
+	d := digest.FromBytes(blob)
+	store := cachestore.NewMemory()
+	g := newGroup(t, store, 0)
+
+	fromFill := fuzzServe(t, rng, fuzzFillReader(t, g, blob, d))
+	fuzzCheckAnswer(t, rng, blob, fromFill)
+	committed := fuzzOpenCommitted(t, store, d)
+	defer committed.Close()
+	fromStore := fuzzServe(t, rng, committed)
+	fuzzCheckAnswer(t, rng, blob, fromStore)
+	// Multipart boundaries are random; everything else must agree.
+	same := fromStore.Code == fromFill.Code && fromStore.Body.Len() == fromFill.Body.Len() &&
+		fromStore.Header().Get("Content-Range") == fromFill.Header().Get("Content-Range")
+	if !same {
+		t.Fatalf("Range %q: store answered %d (%d bytes, %q), fill %d (%d bytes, %q)", rng,
+			fromStore.Code, fromStore.Body.Len(), fromStore.Header().Get("Content-Range"),
+			fromFill.Code, fromFill.Body.Len(), fromFill.Header().Get("Content-Range"))
+	}
 }
 
 // fuzzFillReader starts a fill of blob and returns a reader opened before the
 // upstream body ends, so that it reads from the spool file.
-func fuzzFillReader(t *testing.T, g *fill.Group, blob []byte, d digest.Digest) *fill.Reader {
+func fuzzFillReader(t *testing.T, g *fill.Group, blob []byte, d digest.Digest) *fill.Blob {
 	t.Helper()
 	pr, pw := io.Pipe()
-	f, leader, err := g.Join(context.Background(), d)
-	if err != nil || !leader {
-		t.Fatalf("Join: leader=%v err=%v", leader, err)
-	}
-	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-	r := mustReader(t, f, context.Background())
-	t.Cleanup(func() { r.Close() })
+	r := do(t, g, context.Background(), d, whole(pr, len(blob)), fill.Led)
 	go func() {
 		pw.Write(blob)
 		pw.Close()
@@ -82,17 +82,15 @@ func fuzzFillReader(t *testing.T, g *fill.Group, blob []byte, d digest.Digest) *
 	return r
 }
 
-// fuzzOpenCommitted opens d's blob once the fill has committed it. It polls
-// more often than waitFor: a fuzzer runs this thousands of times.
+// fuzzOpenCommitted opens d's blob once the fill has committed it.
 func fuzzOpenCommitted(t *testing.T, store cachestore.Store, d digest.Digest) cachestore.Reader {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
-		if r, err := store.Open(context.Background(), cachestore.BlobKey(d)); err == nil {
-			return r
-		}
+	synctest.Wait() // the fill is done with its commit
+	r, err := store.Open(context.Background(), cachestore.BlobKey(d))
+	if err != nil {
+		t.Fatalf("blob not committed: %v", err)
 	}
-	t.Fatal("blob not committed in 10s")
-	return nil
+	return r
 }
 
 // fuzzServe answers a GET with Range rng from content, under a deadline:

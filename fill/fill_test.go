@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -30,10 +32,58 @@ func randomBlob(t testing.TB, n int) ([]byte, digest.Digest) {
 
 func newGroup(t *testing.T, store cachestore.Store, maxResumes int) *fill.Group {
 	t.Helper()
-	g := fill.New(fill.Config{Store: store, SpoolDir: t.TempDir(), MaxResumes: maxResumes,
-		Timeout: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	return newGroupConfig(t, fill.Config{Store: store, MaxResumes: maxResumes})
+}
+
+// newGroupConfig is New with a test's spool directory, a minute's timeout
+// and a silent log, unless cfg says otherwise.
+func newGroupConfig(t *testing.T, cfg fill.Config) *fill.Group {
+	t.Helper()
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = t.TempDir()
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	g := fill.New(cfg)
 	t.Cleanup(g.Close)
 	return g
+}
+
+// whole is a Fetch that returns body as the whole blob, and fails resumes.
+func whole(body io.Reader, size int) fill.Fetch {
+	return func(_ context.Context, off int64) (fill.Body, error) {
+		if off != 0 {
+			return fill.Body{}, errors.New("no resumes here")
+		}
+		return fill.Body{ReadCloser: io.NopCloser(body), Size: int64(size)}, nil
+	}
+}
+
+// never is a Fetch that must not be called.
+func never(t *testing.T) fill.Fetch {
+	return func(context.Context, int64) (fill.Body, error) {
+		t.Error("a joiner's fetch was called")
+		return fill.Body{}, errors.New("never")
+	}
+}
+
+// do calls g.Do and fails the test on an error or an unexpected source.
+func do(t *testing.T, g *fill.Group, ctx context.Context, d digest.Digest, fetch fill.Fetch, want fill.Source) *fill.Blob {
+	t.Helper()
+	b, err := g.Do(ctx, d, fetch)
+	if err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+	if b.Source != want {
+		b.Close()
+		t.Fatalf("Do: source %v, want %v", b.Source, want)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
 }
 
 // readAll reads r to the end under a deadline.
@@ -64,83 +114,75 @@ func readN(t *testing.T, r io.Reader, n int) []byte {
 	return b
 }
 
+func isCommitted(store cachestore.Store, d digest.Digest) bool {
+	_, err := store.Stat(context.Background(), cachestore.BlobKey(d))
+	return err == nil
+}
+
 func TestJoinersShareOneFillAndStreamBeforeCompletion(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := newGroup(t, store, 0)
-	blob, d := randomBlob(t, 1<<20)
-	pr, pw := io.Pipe()
+	synctest.Test(t, func(t *testing.T) {
+		store := cachestore.NewMemory()
+		g := newGroup(t, store, 0)
+		blob, d := randomBlob(t, 1<<20)
+		pr, pw := io.Pipe()
 
-	f, leader, err := g.Join(context.Background(), d)
-	if err != nil || !leader {
-		t.Fatalf("first Join: leader=%v err=%v; want leader", leader, err)
-	}
-	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-	half := len(blob) / 2
-	pw.Write(blob[:half])
+		leader := do(t, g, t.Context(), d, whole(pr, len(blob)), fill.Led)
+		half := len(blob) / 2
+		go pw.Write(blob[:half])
 
-	const joiners = 8
-	readers := make([]*fill.Reader, joiners)
-	for i := range readers {
-		j, leader, err := g.Join(context.Background(), d)
-		if err != nil || leader || j != f {
-			t.Fatalf("Join %d: leader=%v same=%v err=%v; want to join the running fill", i, leader, j == f, err)
+		const joiners = 8
+		readers := []io.Reader{leader}
+		for range joiners {
+			readers = append(readers, do(t, g, t.Context(), d, never(t), fill.Joined))
 		}
-		if readers[i], err = j.NewReader(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		defer readers[i].Close()
-	}
-	// Bytes flow before the fill completes, from byte 0 for late joiners.
-	for i, r := range readers {
-		if got := readN(t, r, half); !bytes.Equal(got, blob[:half]) {
-			t.Fatalf("reader %d: first half differs", i)
-		}
-	}
-	pw.Write(blob[half:])
-	pw.Close()
-	var wg sync.WaitGroup
-	for i, r := range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rest, err := io.ReadAll(r)
-			if err != nil || !bytes.Equal(rest, blob[half:]) {
-				t.Errorf("reader %d: rest %d bytes err %v", i, len(rest), err)
+		// Bytes flow before the fill completes, from byte 0 for late joiners.
+		for i, r := range readers {
+			if got := readN(t, r, half); !bytes.Equal(got, blob[:half]) {
+				t.Fatalf("reader %d: first half differs", i)
 			}
-		}()
-	}
-	wg.Wait()
-	// Readers finish once the digest is verified; the commit (fsync and
-	// rename) may still be under way.
-	waitFor(t, func() bool { return g.InFlight() == 0 })
-	if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); err != nil {
-		t.Fatalf("blob not committed: %v", err)
-	}
+		}
+		go func() { pw.Write(blob[half:]); pw.Close() }()
+		var wg sync.WaitGroup
+		for i, r := range readers {
+			wg.Go(func() {
+				rest, err := io.ReadAll(r)
+				if err != nil || !bytes.Equal(rest, blob[half:]) {
+					t.Errorf("reader %d: rest %d bytes err %v", i, len(rest), err)
+				}
+			})
+		}
+		wg.Wait()
+		// Readers finish once the digest is verified; the commit (fsync and
+		// rename) may still be under way.
+		synctest.Wait()
+		if g.InFlight() != 0 || !isCommitted(store, d) {
+			t.Fatalf("after the fill: %d in flight, committed %v", g.InFlight(), isCommitted(store, d))
+		}
+		do(t, g, t.Context(), d, never(t), fill.Hit)
+	})
 }
 
 func TestLastByteWithheldUntilVerified(t *testing.T) {
-	g := newGroup(t, cachestore.NewMemory(), 0)
-	blob, d := randomBlob(t, 4096)
-	pr, pw := io.Pipe()
-	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-	pw.Write(blob) // every byte, but no EOF yet: not verified
-	r := mustReader(t, f, context.Background())
-	defer r.Close()
-	readN(t, r, len(blob)-1)
+	synctest.Test(t, func(t *testing.T) {
+		g := newGroup(t, cachestore.NewMemory(), 0)
+		blob, d := randomBlob(t, 4096)
+		pr, pw := io.Pipe()
+		r := do(t, g, t.Context(), d, whole(pr, len(blob)), fill.Led)
+		go pw.Write(blob) // every byte, but no EOF yet: not verified
+		readN(t, r, len(blob)-1)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	r2, _ := f.NewReader(ctx)
-	defer r2.Close()
-	r2.Seek(int64(len(blob)-1), io.SeekStart)
-	if n, err := r2.Read(make([]byte, 1)); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("read of the last byte before EOF upstream: n=%d err=%v; want to block", n, err)
-	}
-	pw.Close()
-	if rest, err := readAll(t, r); err != nil || !bytes.Equal(rest, blob[len(blob)-1:]) {
-		t.Fatalf("after verification: %q, %v", rest, err)
-	}
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		defer cancel()
+		r2 := do(t, g, ctx, d, never(t), fill.Joined)
+		r2.Seek(int64(len(blob)-1), io.SeekStart)
+		if n, err := r2.Read(make([]byte, 1)); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("read of the last byte before EOF upstream: n=%d err=%v; want to block", n, err)
+		}
+		pw.Close()
+		if rest, err := readAll(t, r); err != nil || !bytes.Equal(rest, blob[len(blob)-1:]) {
+			t.Fatalf("after verification: %q, %v", rest, err)
+		}
+	})
 }
 
 func TestFailureAbortsEveryReaderAndCommitsNothing(t *testing.T) {
@@ -170,30 +212,25 @@ func TestFailureAbortsEveryReaderAndCommitsNothing(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			store := cachestore.NewMemory()
-			g := newGroup(t, store, -1)
-			blob, d := randomBlob(t, 1000)
-			pr, pw := io.Pipe()
-			f, _, _ := g.Join(context.Background(), d)
-			f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-			r1 := mustReader(t, f, context.Background())
-			r2 := mustReader(t, f, context.Background())
-			defer r1.Close()
-			defer r2.Close()
-			go tc.feed(pw, blob)
-			for i, r := range []*fill.Reader{r1, r2} {
-				if _, err := readAll(t, r); err == nil {
-					t.Errorf("reader %d: got a complete read; want an error", i)
+			synctest.Test(t, func(t *testing.T) {
+				store := cachestore.NewMemory()
+				g := newGroup(t, store, -1)
+				blob, d := randomBlob(t, 1000)
+				pr, pw := io.Pipe()
+				r1 := do(t, g, t.Context(), d, whole(pr, len(blob)), fill.Led)
+				r2 := do(t, g, t.Context(), d, never(t), fill.Joined)
+				go tc.feed(pw, blob)
+				for i, r := range []io.Reader{r1, r2} {
+					if _, err := readAll(t, r); err == nil {
+						t.Errorf("reader %d: got a complete read; want an error", i)
+					}
 				}
-			}
-			if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); !errors.Is(err, cachestore.ErrNotFound) {
-				t.Errorf("Stat after failed fill: %v; want ErrNotFound", err)
-			}
-			again, leader, _ := g.Join(context.Background(), d)
-			if !leader {
-				t.Fatal("Join after failure joined the dead fill; want a fresh fill")
-			}
-			again.Abandon()
+				if isCommitted(store, d) {
+					t.Error("a failed fill was committed")
+				}
+				// A new request starts a fresh fill with its own fetch.
+				do(t, g, t.Context(), d, whole(bytes.NewReader(blob), len(blob)), fill.Led)
+			})
 		})
 	}
 }
@@ -216,127 +253,123 @@ func (c *cutReader) Read(p []byte) (int, error) {
 	return k, nil
 }
 
+// cutting is a Fetch whose every stream, the first and each resume, is cut
+// after n bytes. It records the offsets it was asked for.
+type cutting struct {
+	blob    []byte
+	n       int
+	mu      sync.Mutex
+	offsets []int64
+}
+
+func (c *cutting) fetch(_ context.Context, off int64) (fill.Body, error) {
+	c.mu.Lock()
+	c.offsets = append(c.offsets, off)
+	c.mu.Unlock()
+	return fill.Body{ReadCloser: io.NopCloser(&cutReader{b: c.blob[off:], n: c.n}), Size: int64(len(c.blob))}, nil
+}
+
+func (c *cutting) calls() []int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.offsets)
+}
+
 func TestResumeAfterCut(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := newGroup(t, store, 3)
-	blob, d := randomBlob(t, 10000)
-	var offsets []int64
-	resume := func(_ context.Context, off int64) (io.ReadCloser, error) {
-		offsets = append(offsets, off)
-		return io.NopCloser(&cutReader{b: blob[off:], n: 3000}), nil
-	}
-	f, _, _ := g.Join(context.Background(), d)
-	body := newGate(&cutReader{b: blob, n: 3000})
-	f.Start(fill.Body{Reader: body, Size: int64(len(blob)), Resume: resume})
-	r := mustReader(t, f, context.Background())
-	body.open()
-	defer r.Close()
-	got, err := readAll(t, r)
-	if err != nil || !bytes.Equal(got, blob) {
-		t.Fatalf("read %d bytes, err %v; want the whole blob", len(got), err)
-	}
-	if want := []int64{3000, 6000, 9000}; !slices.Equal(offsets, want) {
-		t.Fatalf("resumed at %v; want %v", offsets, want)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		store := cachestore.NewMemory()
+		g := newGroup(t, store, 3)
+		blob, d := randomBlob(t, 10000)
+		up := &cutting{blob: blob, n: 3000}
+		r := do(t, g, t.Context(), d, up.fetch, fill.Led)
+		got, err := readAll(t, r)
+		if err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("read %d bytes, err %v; want the whole blob", len(got), err)
+		}
+		if want := []int64{0, 3000, 6000, 9000}; !slices.Equal(up.calls(), want) {
+			t.Fatalf("fetched at %v; want %v", up.calls(), want)
+		}
+	})
 }
 
 func TestResumeGivesUp(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := newGroup(t, store, 2)
-	blob, d := randomBlob(t, 10000)
-	calls := 0
-	resume := func(_ context.Context, off int64) (io.ReadCloser, error) {
-		calls++
-		return io.NopCloser(&cutReader{b: blob[off:], n: 10}), nil
-	}
-	f, _, _ := g.Join(context.Background(), d)
-	body := newGate(&cutReader{b: blob, n: 10})
-	f.Start(fill.Body{Reader: body, Size: int64(len(blob)), Resume: resume})
-	r := mustReader(t, f, context.Background())
-	body.open()
-	defer r.Close()
-	if _, err := readAll(t, r); err == nil {
-		t.Fatal("read succeeded; want the cut reported after the resumes ran out")
-	}
-	if calls != 2 {
-		t.Fatalf("resume calls = %d; want 2", calls)
-	}
-}
-
-func TestAbandonSendsJoinersBack(t *testing.T) {
-	g := newGroup(t, cachestore.NewMemory(), 0)
-	_, d := randomBlob(t, 10)
-	f, _, _ := g.Join(context.Background(), d)
-	joined, leader, _ := g.Join(context.Background(), d)
-	if leader {
-		t.Fatal("second Join became leader")
-	}
-	f.Abandon()
-	if _, err := joined.NewReader(context.Background()); !errors.Is(err, fill.ErrAbandoned) {
-		t.Fatalf("NewReader after Abandon: %v; want ErrAbandoned", err)
-	}
-	again, leader, _ := g.Join(context.Background(), d)
-	if !leader {
-		t.Fatal("Join after Abandon did not lead a new fill")
-	}
-	again.Abandon()
+	synctest.Test(t, func(t *testing.T) {
+		g := newGroup(t, cachestore.NewMemory(), 2)
+		blob, d := randomBlob(t, 10000)
+		up := &cutting{blob: blob, n: 10}
+		r := do(t, g, t.Context(), d, up.fetch, fill.Led)
+		if _, err := readAll(t, r); err == nil {
+			t.Fatal("read succeeded; want the cut reported after the resumes ran out")
+		}
+		if calls := len(up.calls()) - 1; calls != 2 {
+			t.Fatalf("resume calls = %d; want 2", calls)
+		}
+	})
 }
 
 func TestFillOutlivesItsClients(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := newGroup(t, store, 0)
-	blob, d := randomBlob(t, 64<<10)
-	clientCtx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	f, _, _ := g.Join(clientCtx, d)
-	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-	r, _ := f.NewReader(clientCtx)
-	cancel() // the client that started the fill goes away
-	if _, err := readAll(t, r); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled reader: %v; want context.Canceled", err)
-	}
-	r.Close()
-	if f.Context().Err() != nil {
-		t.Fatal("the fill's context ended with its client's")
-	}
-	pw.Write(blob)
-	pw.Close()
-	waitFor(t, func() bool { _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); return err == nil })
+	synctest.Test(t, func(t *testing.T) {
+		store := cachestore.NewMemory()
+		g := newGroup(t, store, 0)
+		blob, d := randomBlob(t, 64<<10)
+		clientCtx, cancel := context.WithCancel(t.Context())
+		pr, pw := io.Pipe()
+		var fillCtx context.Context
+		r := do(t, g, clientCtx, d, func(ctx context.Context, _ int64) (fill.Body, error) {
+			fillCtx = ctx
+			return fill.Body{ReadCloser: pr, Size: int64(len(blob))}, nil
+		}, fill.Led)
+		cancel() // the client that started the fill goes away
+		if _, err := readAll(t, r); !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled reader: %v; want context.Canceled", err)
+		}
+		r.Close()
+		if fillCtx.Err() != nil {
+			t.Fatal("the fill's context ended with its client's")
+		}
+		go func() { pw.Write(blob); pw.Close() }()
+		synctest.Wait()
+		if !isCommitted(store, d) {
+			t.Fatal("the fill stopped with its client")
+		}
+	})
 }
 
 func TestUnknownSize(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := newGroup(t, store, 0)
-	blob, d := randomBlob(t, 5000)
-	f, _, _ := g.Join(context.Background(), d)
-	body := newGate(bytes.NewReader(blob))
-	f.Start(fill.Body{Reader: body, Size: -1})
-	r := mustReader(t, f, context.Background())
-	body.open()
-	defer r.Close()
-	if got, err := readAll(t, r); err != nil || !bytes.Equal(got, blob) {
-		t.Fatalf("read %d bytes, err %v", len(got), err)
-	}
-	if _, err := r.Seek(0, io.SeekEnd); err == nil {
-		t.Fatal("SeekEnd on unknown size succeeded")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		g := newGroup(t, cachestore.NewMemory(), 0)
+		blob, d := randomBlob(t, 5000)
+		r := do(t, g, t.Context(), d, func(context.Context, int64) (fill.Body, error) {
+			return fill.Body{ReadCloser: io.NopCloser(bytes.NewReader(blob)), Size: -1}, nil
+		}, fill.Led)
+		if r.Size != -1 {
+			t.Fatalf("Size = %d; want -1", r.Size)
+		}
+		if got, err := readAll(t, r); err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("read %d bytes, err %v", len(got), err)
+		}
+		if _, err := r.Seek(0, io.SeekEnd); err == nil {
+			t.Fatal("SeekEnd on unknown size succeeded")
+		}
+	})
 }
 
 func TestCloseStopsRunningFills(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := fill.New(fill.Config{Store: store, SpoolDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	_, d := randomBlob(t, 10)
-	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: ctxReader{f.Context()}, Size: 10})
-	r := mustReader(t, f, context.Background())
-	defer r.Close()
-	g.Close()
-	if _, err := readAll(t, r); err == nil {
-		t.Fatal("fill completed after Close")
-	}
-	if _, _, err := g.Join(context.Background(), d); !errors.Is(err, fill.ErrClosed) {
-		t.Fatalf("Join after Close: %v; want ErrClosed", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		store := cachestore.NewMemory()
+		g := fill.New(fill.Config{Store: store, SpoolDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+		_, d := randomBlob(t, 10)
+		r := do(t, g, t.Context(), d, func(ctx context.Context, _ int64) (fill.Body, error) {
+			return fill.Body{ReadCloser: ctxReader{ctx}, Size: 10}, nil
+		}, fill.Led)
+		g.Close()
+		if _, err := readAll(t, r); err == nil {
+			t.Fatal("fill completed after Close")
+		}
+		if _, err := g.Do(t.Context(), d, never(t)); !errors.Is(err, fill.ErrClosed) {
+			t.Fatalf("Do after Close: %v; want ErrClosed", err)
+		}
+	})
 }
 
 // ctxReader blocks until ctx ends, like an upstream body whose request was
@@ -346,45 +379,38 @@ type ctxReader struct{ ctx context.Context }
 func (c ctxReader) Read([]byte) (int, error) { <-c.ctx.Done(); return 0, c.ctx.Err() }
 func (c ctxReader) Close() error             { return nil }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for range 1000 {
-		if cond() {
-			return
+func TestEveryReaderOfAFinishingFillReadsTheBlob(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := cachestore.NewMemory()
+		g := newGroup(t, store, 0)
+		blob, d := randomBlob(t, 100)
+		var fetches atomic.Int32
+		fetch := func(context.Context, int64) (fill.Body, error) {
+			fetches.Add(1)
+			return fill.Body{ReadCloser: io.NopCloser(bytes.NewReader(blob)), Size: int64(len(blob))}, nil
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("condition not met in 10s")
-}
-
-func TestReaderAfterTheFillLetGoOfItsFile(t *testing.T) {
-	store := cachestore.NewMemory()
-	g := newGroup(t, store, 0)
-	blob, d := randomBlob(t, 100)
-	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: io.NopCloser(bytes.NewReader(blob)), Size: int64(len(blob))})
-	// A small blob can be filled and committed before the request that
-	// started it asks for a reader. Every reader NewReader hands out must
-	// read the whole blob; once the spool file is closed it says so.
-	for range 1000 {
-		r, err := f.NewReader(context.Background())
-		if errors.Is(err, fill.ErrFinished) {
-			if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); err != nil {
-				t.Fatalf("ErrFinished, but the blob is not in the store: %v", err)
+		// A small blob can be filled and committed while requests still
+		// ask for it. Every reader Do hands out must read the whole blob,
+		// and no request fetches it again.
+		for range 100 {
+			b, err := g.Do(t.Context(), d, fetch)
+			if err != nil {
+				t.Fatal(err)
 			}
-			return
+			got, err := readAll(t, b)
+			b.Close()
+			if err != nil || !bytes.Equal(got, blob) {
+				t.Fatalf("reader from %v: %d bytes, %v", b.Source, len(got), err)
+			}
+			if b.Source == fill.Hit {
+				break
+			}
+			time.Sleep(time.Millisecond)
 		}
-		if err != nil {
-			t.Fatal(err)
+		if n := fetches.Load(); n != 1 {
+			t.Fatalf("%d fetches; want 1", n)
 		}
-		got, err := readAll(t, r)
-		r.Close()
-		if err != nil || !bytes.Equal(got, blob) {
-			t.Fatalf("reader of a finishing fill: %d bytes, %v", len(got), err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("the fill never let go of its spool file")
+	})
 }
 
 // brokenStore accepts writes but fails every commit, like a full disk.
@@ -400,47 +426,19 @@ type brokenWriter struct{ cachestore.Writer }
 func (brokenWriter) Commit(context.Context, digest.Digest) error { return errors.New("disk full") }
 
 func TestVerifiedBytesReachReadersEvenIfCommitFails(t *testing.T) {
-	store := brokenStore{cachestore.NewMemory()}
-	g := newGroup(t, store, 0)
-	blob, d := randomBlob(t, 3000)
-	pr, pw := io.Pipe()
-	f, _, _ := g.Join(context.Background(), d)
-	f.Start(fill.Body{Reader: pr, Size: int64(len(blob))})
-	r, err := f.NewReader(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	go func() { pw.Write(blob); pw.Close() }()
-	if got, err := readAll(t, r); err != nil || !bytes.Equal(got, blob) {
-		t.Fatalf("reader of a verified blob whose commit failed: %d bytes, %v; want the blob", len(got), err)
-	}
-	waitFor(t, func() bool { return g.InFlight() == 0 })
-	if _, err := store.Stat(context.Background(), cachestore.BlobKey(d)); !errors.Is(err, cachestore.ErrNotFound) {
-		t.Fatalf("Stat after a failed commit: %v; want ErrNotFound", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		store := brokenStore{cachestore.NewMemory()}
+		g := newGroup(t, store, 0)
+		blob, d := randomBlob(t, 3000)
+		pr, pw := io.Pipe()
+		r := do(t, g, t.Context(), d, whole(pr, len(blob)), fill.Led)
+		go func() { pw.Write(blob); pw.Close() }()
+		if got, err := readAll(t, r); err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("reader of a verified blob whose commit failed: %d bytes, %v; want the blob", len(got), err)
+		}
+		synctest.Wait()
+		if g.InFlight() != 0 || isCommitted(store, d) {
+			t.Fatalf("after a failed commit: %d in flight, committed %v; want 0, false", g.InFlight(), isCommitted(store, d))
+		}
+	})
 }
-
-// mustReader is f.NewReader for a test that has made sure the fill is
-// still running.
-func mustReader(t *testing.T, f *fill.Fill, ctx context.Context) *fill.Reader {
-	t.Helper()
-	r, err := f.NewReader(ctx)
-	if err != nil {
-		t.Fatalf("NewReader: %v", err)
-	}
-	return r
-}
-
-// gate holds back a body's first read until open is called, so that a
-// test's reader joins before a fast fill can finish and let go of its file.
-type gate struct {
-	r      io.Reader
-	opened chan struct{}
-}
-
-func newGate(r io.Reader) *gate { return &gate{r: r, opened: make(chan struct{})} }
-
-func (g *gate) Read(p []byte) (int, error) { <-g.opened; return g.r.Read(p) }
-func (g *gate) Close() error               { return nil }
-func (g *gate) open()                      { close(g.opened) }

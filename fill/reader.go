@@ -6,46 +6,16 @@ import (
 	"io"
 )
 
-// Wait blocks until the leader has started or abandoned the fill, or ctx
-// ends. After it returns nil, Size is known.
-func (f *Fill) Wait(ctx context.Context) error {
-	select {
-	case <-f.started:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if f.abandoned {
-		return ErrAbandoned
-	}
-	return nil
-}
-
-// Size is the length upstream announced, or -1. Valid after Wait.
-func (f *Fill) Size() int64 { return f.size }
-
-// NewReader waits for the fill to start and returns a reader from byte 0,
-// however late the caller joined. A fill that has ended and let go of its
-// spool file returns ErrFinished: the blob is then in the store, or the
-// fill failed and a new one may start. ctx is the reading client's: it bounds
-// only this reader's waits, never the fill. The caller must Close it.
-func (f *Fill) NewReader(ctx context.Context) (*Reader, error) {
-	if err := f.Wait(ctx); err != nil {
-		return nil, err
-	}
-	if !f.acquire() {
-		return nil, ErrFinished
-	}
-	return &Reader{fill: f, ctx: ctx}, nil
-}
-
-// Reader reads a fill's bytes as they arrive. It never returns the last
-// byte of a blob of known size before the digest has been verified and the
-// blob committed, so a client that counts bytes cannot take an unverified
-// blob for a complete one. If the fill fails, Read returns its error.
+// Reader reads a fill's bytes as they arrive, from its spool file or its
+// relay window. It never returns the last byte of a blob of known size
+// before the digest has been verified, so a client that counts bytes cannot
+// take an unverified blob for a complete one; the commit to the store may
+// still be under way then. If the fill fails, Read returns its error.
 type Reader struct {
 	fill   *Fill
-	ctx    context.Context
-	off    int64
+	ctx    context.Context // the reading client's: it bounds this reader's waits, never the fill
+	off    int64           // next byte to read; written by the reader under fill.mu
+	err    error           // set by the fill when it cuts this reader; guarded by fill.mu
 	closed bool
 }
 
@@ -56,16 +26,13 @@ func (r *Reader) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		avail, wait, err := r.fill.readable(r.off)
-		if avail > 0 {
-			n, rerr := r.fill.file.ReadAt(p[:min(int64(len(p)), avail)], r.off)
-			r.off += int64(n)
-			if rerr == io.EOF && n > 0 {
-				rerr = nil
-			}
-			return n, rerr
-		}
-		if err != nil {
+		n, inFile, wait, err := r.fill.next(r, p)
+		switch {
+		case n > 0:
+			return n, nil
+		case inFile > 0:
+			return r.readFile(p[:min(int64(len(p)), inFile)])
+		case err != nil:
 			return 0, err
 		}
 		select {
@@ -76,27 +43,52 @@ func (r *Reader) Read(p []byte) (int, error) {
 	}
 }
 
-// readable reports how many bytes from off may be read now. With none, it
-// returns the terminal error (io.EOF once the digest is verified) or a
-// channel that closes on the next change. A failure after verification
-// (of the commit, say) does not concern readers: their bytes are right.
-func (f *Fill) readable(off int64) (avail int64, wait <-chan struct{}, err error) {
+// readFile reads p from the spool file, which holds it whole.
+func (r *Reader) readFile(p []byte) (int, error) {
+	f := r.fill
+	n, err := f.file.ReadAt(p, r.off)
+	f.mu.Lock()
+	r.off += int64(n)
+	f.signal()
+	f.mu.Unlock()
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// next serves r's next Read: bytes of the window are copied into p under
+// the lock (n); bytes of the spool file are left for the caller to read
+// (inFile, how many it may). With nothing to read, it returns the terminal
+// error (io.EOF once the digest is verified) or a channel that closes on
+// the next change. A failure after verification (of the commit, say) does
+// not concern readers: their bytes are right.
+func (f *Fill) next(r *Reader, p []byte) (n int, inFile int64, wait <-chan struct{}, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	limit := f.written
+	if r.err != nil {
+		return 0, 0, nil, r.err
+	}
+	limit := f.received
 	if !f.verified && f.size > 0 {
 		limit = min(limit, f.size-1) // hold back the last byte until verified
 	}
-	if off < limit {
-		return limit - off, nil, nil
-	}
-	switch {
+	switch off := r.off; {
+	case off < limit && off < f.spooled:
+		return 0, min(limit, f.spooled) - off, nil, nil
+	case off < limit && f.win != nil && off >= f.win.lo:
+		n = f.win.copyAt(p[:min(int64(len(p)), limit-off)], off)
+		r.off += int64(n)
+		f.signal()
+		return n, 0, nil, nil
+	case off < limit:
+		return 0, 0, nil, errFellBehind
 	case f.verified:
-		return 0, nil, io.EOF
+		return 0, 0, nil, io.EOF
 	case f.done:
-		return 0, nil, f.err
+		return 0, 0, nil, f.err
 	}
-	return 0, f.notify, nil
+	return 0, 0, f.notify, nil
 }
 
 var errSeekUnknownSize = errors.New("fill: cannot seek a stream of unknown size")
@@ -104,15 +96,18 @@ var errSeekUnknownSize = errors.New("fill: cannot seek a stream of unknown size"
 // Seek sets the offset for the next Read, as io.Seeker. Seeking relative to
 // the end needs a known size, which http.ServeContent uses for Range.
 func (r *Reader) Seek(offset int64, whence int) (int64, error) {
+	f := r.fill
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
 		offset += r.off
 	case io.SeekEnd:
-		if r.fill.size < 0 {
+		if f.size < 0 {
 			return 0, errSeekUnknownSize
 		}
-		offset += r.fill.size
+		offset += f.size
 	default:
 		return 0, errors.New("fill: bad whence")
 	}
@@ -120,14 +115,22 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 		return 0, errors.New("fill: negative position")
 	}
 	r.off = offset
+	f.signal()
 	return offset, nil
 }
 
-// Close releases the reader's hold on the spool file. It is idempotent.
+// Close releases the reader's hold on the spool file and on the relay
+// window. It is idempotent.
 func (r *Reader) Close() error {
-	if !r.closed {
-		r.closed = true
-		r.fill.release()
+	if r.closed {
+		return nil
 	}
+	r.closed = true
+	f := r.fill
+	f.mu.Lock()
+	delete(f.readers, r)
+	f.signal()
+	f.mu.Unlock()
+	f.release()
 	return nil
 }

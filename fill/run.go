@@ -14,112 +14,134 @@ import (
 	"github.com/regproxy/regproxy/cachestore"
 )
 
-// Body is the upstream stream a leader hands to Start.
-type Body struct {
-	// Reader is the response body; the fill closes it.
-	Reader io.ReadCloser
-	// Size is the announced length, or -1 when upstream sent none.
-	Size int64
-	// Resume reopens the stream at offset after a cut (a Range request). It
-	// must return a body that starts exactly at offset, or an error. Nil
-	// means the stream cannot be resumed.
-	Resume func(ctx context.Context, offset int64) (io.ReadCloser, error)
-}
-
-// Fill is one digest's fetch in progress. Readers follow its spool file.
+// Fill is one digest's fetch in progress. It runs in three steps:
+//  1. It tries the waiting callers' fetches in turn, until upstream answers
+//     one with the blob; refusals go back to their callers.
+//  2. It streams the blob into its spool file (or, once the spool takes no
+//     more, through its relay window), resuming cuts from where they
+//     stopped, while readers follow.
+//  3. It verifies the digest, lets readers have the last byte, and commits
+//     the spool file to the store.
 type Fill struct {
 	group  *Group
 	digest digest.Digest
 	ctx    context.Context // the fill's own: detached from clients, with a timeout
 	cancel context.CancelFunc
 
-	started chan struct{} // closed by Start or Abandon
-	// Set before started is closed and read-only afterwards.
-	abandoned bool
-	size      int64
-	file      *os.File // the spool file, shared by all readers through ReadAt
+	// Set by the fill's goroutine before started, read-only afterwards.
+	size int64
+	file SpoolFile // shared by all readers through ReadAt; nil if none could be made
 
-	mu       sync.Mutex    // protects the fields below
-	written  int64         // bytes in file
+	mu       sync.Mutex // protects the fields below
+	waiters  []*waiter  // callers waiting for a fetch to return the blob, in order
+	started  bool       // a fetch returned the blob: readers may join
+	ended    bool       // no fetch did: new callers start a new fill
+	received int64      // bytes received from upstream and hashed, in order
+	spooled  int64      // the prefix of those in file; readers read them there
+	spoolErr error      // why file takes no more bytes; nil while it takes them all
+	win      *window    // the bytes after spooled, for readers, once spoolErr is set
+	readers  map[*Reader]struct{}
 	verified bool          // all bytes are in and match the digest
-	done     bool          // the fill has ended (committed, or failed)
+	done     bool          // the fill has ended (committed, relayed or failed)
 	err      error         // why the fill failed; nil after a verified commit
-	notify   chan struct{} // closed and replaced whenever written or done changes
+	notify   chan struct{} // closed and replaced whenever received or done changes
+	progress chan struct{} // a reader advanced or left: a relay waiting for room looks again
 	refs     int           // the fill itself plus open readers; file closes at 0
 }
 
-// Context is the fill's own context: the leader makes its upstream request
-// under it so that no client's disconnect cancels the fetch.
-func (f *Fill) Context() context.Context { return f.ctx }
-
-// Digest is the digest being filled.
-func (f *Fill) Digest() digest.Digest { return f.digest }
-
-// Abandon tells waiting readers that this fill will not run (the upstream
-// answered something other than the blob). Only the leader calls it.
-func (f *Fill) Abandon() {
-	f.abandoned = true
-	close(f.started)
-	f.group.forget(f)
-	f.cancel()
-	f.group.wg.Done()
+func newFill(g *Group, reqCtx context.Context, d digest.Digest) *Fill {
+	// reqCtx lends its values, never its cancellation: the fill is no
+	// client's.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), g.timeout)
+	stop := context.AfterFunc(g.ctx, cancel)
+	return &Fill{
+		group:    g,
+		digest:   d,
+		ctx:      ctx,
+		cancel:   func() { stop(); cancel() },
+		size:     -1,
+		readers:  make(map[*Reader]struct{}),
+		notify:   make(chan struct{}),
+		progress: make(chan struct{}, 1),
+		refs:     1, // the fill's own reference, dropped when it ends
+	}
 }
 
-// Start begins streaming b into the spool file and returns at once. Only
-// the leader calls it. If the spool file cannot be created the fill fails
-// and readers get the error.
-func (f *Fill) Start(b Body) {
-	f.size = b.Size
-	file, err := os.CreateTemp(f.group.spoolDir, "fill-*")
-	f.file = file
-	close(f.started)
-	if err != nil {
-		b.Reader.Close()
-		f.finish(fmt.Errorf("fill %s: create spool file: %w", f.digest, err))
-		f.group.wg.Done()
+// run is the fill's goroutine.
+func (f *Fill) run() {
+	defer f.group.wg.Done()
+	if f.inStore() {
+		f.end(errInStore)
 		return
 	}
-	go func() {
-		defer f.group.wg.Done()
-		f.finish(f.run(b))
-	}()
+	body, fetch, err := f.start()
+	if err != nil {
+		f.end(err)
+		return
+	}
+	f.finish(f.stream(body, fetch))
 }
 
-// run copies the body into the spool file, resuming after cuts, then
+// inStore reports whether the blob was committed after all: a fill that
+// ended just before this one registered. Its waiters then look there.
+func (f *Fill) inStore() bool {
+	r, err := f.group.store.Open(f.ctx, cachestore.BlobKey(f.digest))
+	if err != nil {
+		return false
+	}
+	r.Close()
+	return true
+}
+
+// stream copies the body into the spool, resuming after cuts, then
 // verifies and commits. Its error is what every reader sees.
-func (f *Fill) run(b Body) error {
-	digester := f.digest.Algorithm().Hash()
-	body := b.Reader
+func (f *Fill) stream(body Body, fetch Fetch) error {
+	h := f.digest.Algorithm().Hash()
 	defer func() { body.Close() }()
 	for resumes := 0; ; resumes++ {
-		err := f.copy(body, digester)
+		err := f.copy(body, h)
 		if err == nil {
 			break
 		}
-		if !f.canResume(b, resumes, err) {
-			return fmt.Errorf("fill %s: read upstream at byte %d: %w", f.digest, f.progress(), err)
+		if !f.canResume(resumes, err) {
+			return fmt.Errorf("fill %s: read upstream at byte %d: %w", f.digest, f.received, err)
 		}
 		body.Close()
-		f.group.log.Info("resuming cut blob fill", "digest", f.digest, "offset", f.progress(), "attempt", resumes+1, "err", err)
-		if body, err = b.Resume(f.ctx, f.progress()); err != nil {
-			body = io.NopCloser(nil)
-			return fmt.Errorf("fill %s: resume at byte %d: %w", f.digest, f.progress(), err)
+		f.group.log.Info("resuming cut blob fill", "digest", f.digest, "offset", f.received, "attempt", resumes+1, "err", err)
+		if body, err = f.resume(fetch); err != nil {
+			body = Body{ReadCloser: io.NopCloser(nil)}
+			return fmt.Errorf("fill %s: resume at byte %d: %w", f.digest, f.received, err)
 		}
 	}
-	return f.verifyAndCommit(digester)
+	return f.verifyAndCommit(h)
 }
 
-// canResume reports whether a failed copy should be retried from where it
-// stopped: only for cuts (not for our own cancellation), with a known size.
-func (f *Fill) canResume(b Body, resumes int, err error) bool {
-	return b.Resume != nil && b.Size >= 0 && resumes < f.group.maxResumes &&
-		f.ctx.Err() == nil && !errors.Is(err, errTooLong)
+// resume reopens the stream where it stopped.
+func (f *Fill) resume(fetch Fetch) (Body, error) {
+	body, err := f.attempt(fetch, f.received)
+	if err == nil && body.Size >= 0 && body.Size != f.size {
+		body.Close()
+		return Body{}, fmt.Errorf("upstream now announces %d bytes, not %d", body.Size, f.size)
+	}
+	return body, err
 }
 
-var errTooLong = errors.New("upstream sent more bytes than announced")
+// canResume reports whether a failed copy should go on from where it
+// stopped: only after a cut or a stall upstream (not our own cancellation,
+// not a local failure), with a known size.
+func (f *Fill) canResume(resumes int, err error) bool {
+	return f.size >= 0 && resumes < f.group.maxResumes && f.ctx.Err() == nil &&
+		!errors.Is(err, errTooLong) && !errors.Is(err, errNoReaders)
+}
 
-// copy appends body to the spool file until EOF, publishing progress after
-// every chunk so that readers see bytes as they arrive.
+var (
+	errTooLong = errors.New("upstream sent more bytes than announced")
+	errShort   = errors.New("upstream stream ended before the announced size")
+)
+
+// copy appends body to the fill until EOF, publishing progress after every
+// chunk so that readers see bytes as they arrive. The hash covers exactly
+// the bytes readers are given, in order.
 func (f *Fill) copy(body io.Reader, h hash.Hash) error {
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
@@ -127,19 +149,20 @@ func (f *Fill) copy(body io.Reader, h hash.Hash) error {
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if f.size >= 0 && f.progress()+int64(n) > f.size {
+			if f.size >= 0 && f.received+int64(n) > f.size {
 				return errTooLong
 			}
-			if _, err := f.file.Write(buf[:n]); err != nil {
-				return fmt.Errorf("write spool file: %w", err)
-			}
 			h.Write(buf[:n])
-			f.publish(int64(n))
+			if err := f.append(buf[:n]); err != nil {
+				return err
+			}
 		}
-		if rerr == io.EOF {
+		switch {
+		case rerr == io.EOF && f.size >= 0 && f.received < f.size:
+			return errShort // a clean end, too early: resumed like a cut
+		case rerr == io.EOF:
 			return nil
-		}
-		if rerr != nil {
+		case rerr != nil:
 			return rerr
 		}
 	}
@@ -150,9 +173,9 @@ func (f *Fill) copy(body io.Reader, h hash.Hash) error {
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func (f *Fill) verifyAndCommit(h hash.Hash) error {
-	n := f.progress()
+	n := f.received
 	if f.size >= 0 && n != f.size {
-		return fmt.Errorf("fill %s: %w", f.digest, errSizeMismatch(n, f.size))
+		return fmt.Errorf("fill %s: got %d bytes, upstream announced %d", f.digest, n, f.size)
 	}
 	if got := digest.NewDigest(f.digest.Algorithm(), h); got != f.digest {
 		return fmt.Errorf("fill %s: got digest %s: %w", f.digest, got, cachestore.ErrDigestMismatch)
@@ -160,6 +183,10 @@ func (f *Fill) verifyAndCommit(h hash.Hash) error {
 	// Readers may finish now: what they were sent is the verified blob.
 	// Only the cache waits for durability.
 	f.markVerified()
+	if f.spoolErr != nil {
+		f.group.log.Warn("blob relayed without caching", "digest", f.digest, "size", n, "err", f.spoolErr)
+		return nil
+	}
 	// Flush to disk before the rename makes the blob visible: hits are not
 	// verified again, so a blob must never be visible before it is durable.
 	if err := f.file.Sync(); err != nil {
@@ -180,7 +207,7 @@ func (f *Fill) markVerified() {
 
 // commit hands the verified spool file to the store: a rename where the
 // store can adopt files, else a copy through a store writer (which verifies
-// again on its own Commit).
+// again on its own Commit), after which the spool file goes.
 //
 // Readers already have the verified bytes, so ctx must not be cancelled by
 // Close: a shutdown waits for the rename instead of throwing the blob away.
@@ -190,6 +217,7 @@ func (f *Fill) commit(ctx context.Context, size int64) error {
 	if imp, ok := store.(cachestore.FileImporter); ok && imp.SpoolDir() == f.group.spoolDir {
 		return imp.ImportFile(ctx, key, f.file.Name(), size, f.digest)
 	}
+	defer os.Remove(f.file.Name())
 	w, err := store.Create(ctx, key)
 	if err != nil {
 		return err
@@ -208,7 +236,7 @@ func (f *Fill) finish(err error) {
 	if err != nil {
 		f.group.forget(f)
 		f.group.log.Warn("blob fill failed", "digest", f.digest, "err", err)
-		if f.file != nil {
+		if f.file != nil && f.spoolErr == nil {
 			os.Remove(f.file.Name())
 		}
 	}
@@ -223,35 +251,19 @@ func (f *Fill) finish(err error) {
 	f.release()
 }
 
-func (f *Fill) progress() int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.written
-}
-
-func (f *Fill) publish(n int64) {
-	f.mu.Lock()
-	f.written += n
-	f.wake()
-	f.mu.Unlock()
-}
-
 // wake must be called with mu held.
 func (f *Fill) wake() {
 	close(f.notify)
 	f.notify = make(chan struct{})
 }
 
-// acquire takes a reference to the spool file, unless it is already
-// closed (the fill ended and every reader let go).
-func (f *Fill) acquire() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.refs == 0 {
-		return false
-	}
+// newBlob hands out a new reader from byte 0. mu must be held, and the fill
+// must hold its spool file: it is started, and has not let go of it.
+func (f *Fill) newBlob(ctx context.Context, src Source) *Blob {
 	f.refs++
-	return true
+	r := &Reader{fill: f, ctx: ctx}
+	f.readers[r] = struct{}{}
+	return &Blob{ReadSeekCloser: r, Size: f.size, Source: src}
 }
 
 func (f *Fill) release() {

@@ -165,8 +165,12 @@ func (a *access) mediaType(c client, d digest.Digest) string {
 
 // learn records what upstream's status for c's request about d (a digest,
 // or the digest a tag named; "" if none) tells: a 200 means the
-// repository holds d and the client may read it; a 401 or 403 to a
-// request without client credentials means the repository is not open.
+// repository holds d and the client may read it; a 401 or 403 withdraws
+// the client's grant. A refusal of a client without credentials says
+// nothing about the repository (Docker Hub refuses every request without
+// a token, public repositories included): only regproxy's own probe,
+// which fetches an anonymous token, finds a repository closed (see
+// closed).
 func (a *access) learn(c client, status int, d digest.Digest, mediaType string) {
 	switch status {
 	case http.StatusOK:
@@ -181,10 +185,14 @@ func (a *access) learn(c client, status int, d digest.Digest, mediaType string) 
 	case http.StatusUnauthorized, http.StatusForbidden:
 		if c.hasCred {
 			a.grants.Remove(c.cred)
-		} else {
-			a.repos.Add(c.repo, openness{open: false, checked: a.now()})
 		}
 	}
+}
+
+// closed records that regproxy's probe, asking as a client without
+// credentials would after the anonymous token exchange, was refused.
+func (a *access) closed(rk repoKey) {
+	a.repos.Add(rk, openness{open: false, checked: a.now()})
 }
 
 // addMember records that rk holds d. A media type already recorded for

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,28 +14,31 @@ const (
 	outcomeHit         = "HIT"         // served from the cache
 	outcomeMiss        = "MISS"        // fetched upstream (and cached)
 	outcomeJoin        = "MISS-JOINED" // served by a fill another request started
-	outcomeStale       = "STALE"       // upstream failed; an expired copy was served
+	outcomeStale       = "STALE"       // upstream failed; an expired manifest was served
 	outcomeRevalidated = "REVALIDATED" // expired copy confirmed by a HEAD upstream
 	outcomePass        = "PASS"        // passed through, not cacheable
+	outcomeOffline     = "OFFLINE"     // upstream unreachable or unhealthy; regproxy answered the /v2/ ping
 	outcomeError       = "ERROR"       // answered with an error by regproxy
 	outcomeLocal       = "LOCAL"       // a page of regproxy's own (/ca.crt, /healthz)
+	outcomeTunnel      = "TUNNEL"      // CONNECT tunnelled to a host that is not intercepted
+	outcomeDenied      = "DENIED"      // refused: credentials, policy, malformed CONNECT
 )
 
 // reqInfo is what a handler tells the access log about its request.
 type reqInfo struct {
-	repo, ref, outcome string
+	kind, repo, ref, outcome string
 }
 
 type infoKey struct{}
 
-// label records the request's repository, reference and cache outcome.
-func label(r *http.Request, p regPath, outcome string) {
+// describe records what an intercepted request asks for (see describePath).
+func describe(r *http.Request) {
 	if info, ok := r.Context().Value(infoKey{}).(*reqInfo); ok {
-		info.repo, info.ref, info.outcome = p.Name, p.Reference, outcome
+		info.kind, info.repo, info.ref = describePath(r)
 	}
 }
 
-// setOutcome records the cache outcome alone.
+// setOutcome records the cache outcome.
 func setOutcome(r *http.Request, outcome string) {
 	if info, ok := r.Context().Value(infoKey{}).(*reqInfo); ok {
 		info.outcome = outcome
@@ -81,45 +85,93 @@ func (p *Proxy) accessLog(next http.Handler) http.Handler {
 		start := time.Now()
 		info := &reqInfo{outcome: outcomePass}
 		rec := &recorder{ResponseWriter: w}
+		body := &countingBody{ReadCloser: r.Body}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
+		r.Body = body
 		host := targetOf(r)
 		if host == "" {
 			host = r.Host
 		}
-		defer func() {
+		line := func() entry {
 			status := rec.status
 			if status == 0 {
 				status = http.StatusOK // net/http's default when nothing was written
 			}
+			return entry{host: host, kind: info.kind, repo: info.repo, ref: info.ref, outcome: info.outcome,
+				status: status, bytes: rec.bytes, bytesIn: body.n.Load(), duration: time.Since(start)}
+		}
+		defer func() {
 			if v := recover(); v != nil {
 				info.outcome += "-ABORTED"
-				p.logLine(r, host, info.repo, info.ref, info.outcome, status, rec.bytes, time.Since(start))
+				p.logEntry(r, line())
 				panic(v)
 			}
-			p.logLine(r, host, info.repo, info.ref, info.outcome, status, rec.bytes, time.Since(start))
+			p.logEntry(r, line())
 		}()
 		next.ServeHTTP(rec, r)
 	})
 }
 
-// logLine writes one access-log line. It never logs headers or query
-// strings, which may carry tokens. Under --htpasswd it names the user who
-// authenticated the CONNECT, but never a password.
+// countingBody counts the bytes read from a request body. A pass-through
+// may still be sending the body upstream when its handler returns, hence
+// the atomic.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// entry is one access-log line.
+type entry struct {
+	host     string // the CONNECT target, or the Host of a plain request
+	kind     string // what an intercepted request asks for (describePath); "" on the proxy port
+	repo     string
+	ref      string
+	outcome  string
+	status   int
+	bytes    int64 // sent to the client: the response body, or all a tunnel relayed to it
+	bytesIn  int64 // received from the client: the request body, or all a tunnel relayed from it
+	duration time.Duration
+	err      error // why a tunnel failed; other errors have a line of their own
+}
+
+// logLine writes an access-log line for a request answered on the proxy
+// port without a body either way.
 func (p *Proxy) logLine(r *http.Request, host, repo, ref, outcome string, status int, bytes int64, d time.Duration) {
+	p.logEntry(r, entry{host: host, repo: repo, ref: ref, outcome: outcome, status: status, bytes: bytes, duration: d})
+}
+
+// logEntry writes one access-log line. It never logs headers or query
+// strings, which may carry tokens. Under --htpasswd it names the user who
+// authenticated the CONNECT, but never a password. A line with an error
+// is a warning.
+func (p *Proxy) logEntry(r *http.Request, e entry) {
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
-		slog.String("host", host),
-		slog.String("repo", repo),
-		slog.String("ref", ref),
-		slog.String("outcome", outcome),
-		slog.Int("status", status),
-		slog.Int64("bytes", bytes),
-		slog.Duration("duration", d),
+		slog.String("host", e.host),
+		slog.String("kind", e.kind),
+		slog.String("repo", e.repo),
+		slog.String("ref", e.ref),
+		slog.String("outcome", e.outcome),
+		slog.Int("status", e.status),
+		slog.Int64("bytes", e.bytes),
+		slog.Int64("bytes_in", e.bytesIn),
+		slog.Duration("duration", e.duration),
+	}
+	level := slog.LevelInfo
+	if e.err != nil {
+		attrs = append(attrs, slog.String("error", e.err.Error()))
+		level = slog.LevelWarn
 	}
 	if user := userOf(r); user != "" {
 		attrs = append(attrs, slog.String("user", user))
 	}
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	p.log.LogAttrs(r.Context(), level, "request", attrs...)
 }
 
 // ReadFrom hands bulk copies to the connection's own pooled copy, so that

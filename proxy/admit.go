@@ -106,6 +106,9 @@ func (p *Proxy) checkUpstream(r *http.Request, rp regPath, c client, rt http.Rou
 		resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
 	}
 	p.learnFrom(c, rp, resp)
+	if rt == p.probe && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		p.access.closed(c.repo)
+	}
 	return resp, nil
 }
 

@@ -6,200 +6,81 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
+	"regexp"
+	"strconv"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-
-	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/fill"
 )
-
-// maxJoinAttempts bounds how often a request re-joins after the fills it
-// waited on were abandoned (their leaders got an error status upstream).
-const maxJoinAttempts = 3
 
 // maxErrorBody bounds the upstream error body relayed for a blob request.
 const maxErrorBody = 64 << 10
 
 // serveBlob answers GET and HEAD of a blob: from the store on a hit, else
-// by joining (or starting) the one fill for that digest. Whatever comes
-// from the cache or from another client's fill passes the gate first.
+// from the one fill for that digest, which a GET starts if there is none.
+// A HEAD never starts a fill: without one to join, it goes upstream.
+//
+// What comes from the cache, or from a fill another request started, is
+// served only once admit has let the client have it. A fill the client's
+// own request started needs no check: upstream's 200 to that request is the
+// proof.
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rp regPath) error {
-	g := &gate{p: p, rp: rp}
-	if r.Method == http.MethodHead {
-		if handled, err := p.serveBlobHit(w, r, g); handled {
-			return err
-		}
-		return p.headBlobMiss(w, r, g)
+	var fetch fill.Fetch
+	if r.Method == http.MethodGet {
+		fetch = p.blobFetch(r, rp)
 	}
-	return p.fillBlob(w, r, g)
-}
-
-// gate admits a request (see admit) at most once, the first time it is
-// about to be answered from the cache or from a fill it did not start.
-type gate struct {
-	p      *Proxy
-	rp     regPath
-	passed bool
-}
-
-// pass reports whether the request may go on; if not, it has been answered.
-func (g *gate) pass(w http.ResponseWriter, r *http.Request) (bool, error) {
-	if g.passed {
-		return true, nil
+	b, err := p.fills.Do(r.Context(), rp.Digest, fetch)
+	var refused *fill.Refused
+	switch {
+	case errors.As(err, &refused):
+		setOutcome(r, outcomePass)
+		relayBody(w, &http.Response{StatusCode: refused.Status, Header: refused.Header}, refused.Body)
+		return nil
+	case errors.Is(err, fill.ErrNoFill):
+		setOutcome(r, outcomePass)
+		p.pass.ServeHTTP(w, r)
+		return nil
+	case err != nil && r.Context().Err() != nil:
+		return nil // the client went away while waiting
+	case err != nil:
+		return errUpstream(targetOf(r), err)
 	}
-	ok, err := g.p.admit(w, r, g.rp)
-	g.passed = ok
-	return ok, err
-}
-
-// serveBlobHit serves a committed blob straight from its file: Range,
-// HEAD and conditional requests come from http.ServeContent. It reports
-// whether it answered the request, with the blob or with the gate's
-// refusal.
-func (p *Proxy) serveBlobHit(w http.ResponseWriter, r *http.Request, g *gate) (bool, error) {
-	d := g.rp.Digest
-	f, err := p.store.Open(r.Context(), cachestore.BlobKey(d))
-	if err != nil {
-		if !errors.Is(err, cachestore.ErrNotFound) {
-			p.log.Warn("cache read failed; fetching upstream", "digest", d, "err", err)
-		}
-		return false, nil
-	}
-	defer f.Close()
-	if ok, err := g.pass(w, r); !ok {
-		return true, err
-	}
-	setOutcome(r, outcomeHit)
-	setBlobHeaders(w.Header(), d)
-	http.ServeContent(w, r, "", time.Time{}, f)
-	return true, nil
-}
-
-// setBlobHeaders sets what a registry sends with a blob, so that a hit
-// looks to the client like the upstream response it replaces.
-func setBlobHeaders(h http.Header, d digest.Digest) {
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
-}
-
-// headBlobMiss answers a HEAD from a fill in progress, which already
-// knows the size, else passes it upstream.
-func (p *Proxy) headBlobMiss(w http.ResponseWriter, r *http.Request, g *gate) error {
-	if f := p.fills.Lookup(g.rp.Digest); f != nil && f.Wait(r.Context()) == nil && f.Size() >= 0 {
-		if ok, err := g.pass(w, r); !ok {
-			return err
-		}
-		setOutcome(r, outcomeJoin)
-		setBlobHeaders(w.Header(), g.rp.Digest)
-		w.Header().Set("Content-Length", fmt.Sprint(f.Size()))
-		w.Header().Set("Accept-Ranges", "bytes")
-		w.WriteHeader(http.StatusOK)
+	defer b.Close()
+	if r.Method == http.MethodHead && b.Size < 0 {
+		setOutcome(r, outcomePass) // a fill of unknown size cannot say it
+		p.pass.ServeHTTP(w, r)
 		return nil
 	}
-	setOutcome(r, outcomePass)
-	p.pass.ServeHTTP(w, r)
+	if b.Source != fill.Led {
+		if ok, err := p.admit(w, r, rp); !ok {
+			return err
+		}
+	}
+	setOutcome(r, blobOutcomes[b.Source])
+	sendBlob(w, r, rp, b)
 	return nil
 }
 
-// fillBlob serves a blob miss from the fill for its digest, starting the
-// fill if there is none. The leader's own upstream request is its check;
-// a request that joins another's fill passes the gate first.
-func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, g *gate) error {
-	for range maxJoinAttempts {
-		if handled, err := p.serveBlobHit(w, r, g); handled {
-			return err
-		}
-		f, leader, err := p.fills.Join(r.Context(), g.rp.Digest)
-		if err != nil {
-			return errUpstream(targetOf(r), err)
-		}
-		if leader {
-			if handled, err := p.startFill(w, r, g.rp, f); handled {
-				return err
-			}
-		} else if ok, err := g.pass(w, r); !ok {
-			return err
-		}
-		rd, err := f.NewReader(r.Context())
-		if errors.Is(err, fill.ErrAbandoned) || errors.Is(err, fill.ErrFinished) {
-			continue // look in the store again, or start afresh
-		}
-		if err != nil {
-			return nil // the client went away while waiting
-		}
-		if !leader {
-			setOutcome(r, outcomeJoin)
-		}
-		streamFill(w, r, f, rd)
-		return nil
-	}
-	return errUpstream(targetOf(r), errors.New("every fill for this blob was abandoned"))
+// blobOutcomes is the access log's word for where a blob came from.
+var blobOutcomes = map[fill.Source]string{fill.Hit: outcomeHit, fill.Led: outcomeMiss, fill.Joined: outcomeJoin}
+
+// setBlobHeaders sets what a registry sends with a blob, so that a hit
+// looks to the client like the upstream response it replaces.
+func setBlobHeaders(h http.Header, rp regPath) {
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", rp.Digest.String())
+	h.Set("Etag", `"`+rp.Digest.String()+`"`)
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 }
 
-// startFill makes the leader's upstream request under the fill's own
-// context. A 200 starts the fill; anything else is relayed to this client
-// (a 401 with its challenge, a 404) and the fill is abandoned, so that
-// waiting requests ask upstream with their own credentials.
-func (p *Proxy) startFill(w http.ResponseWriter, r *http.Request, rp regPath, f *fill.Fill) (handled bool, err error) {
-	target := targetOf(r)
-	resp, err := p.fetch.Do(upstreamRequest(f.Context(), r, target, http.MethodGet))
-	if err != nil {
-		f.Abandon()
-		return true, errUpstream(target, err)
-	}
-	p.learnFrom(clientOf(r, rp.Name), rp, resp)
-	if resp.StatusCode != http.StatusOK {
-		// Read the (small) error body before Abandon ends the fill's
-		// context, under which it arrives.
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		resp.Body.Close()
-		f.Abandon()
-		setOutcome(r, outcomePass)
-		relayBody(w, resp, body)
-		return true, nil
-	}
-	body := fill.Body{Reader: resp.Body, Size: resp.ContentLength}
-	if body.Size > 0 {
-		body.Resume = p.resumer(r, target, body.Size)
-	}
-	f.Start(body)
-	return false, nil
-}
-
-// resumer reopens a cut blob download at an offset with a Range request,
-// through the same redirects. It keeps its own copy of the request, since
-// the fill outlives r. The range names both ends: some registries refuse
-// open-ended ranges.
-func (p *Proxy) resumer(r *http.Request, target string, size int64) func(context.Context, int64) (io.ReadCloser, error) {
-	base := upstreamRequest(context.Background(), r, target, http.MethodGet)
-	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
-		req := base.Clone(ctx)
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, size-1))
-		resp, err := p.fetch.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		if resp.StatusCode != http.StatusPartialContent ||
-			!strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", off)) {
-			resp.Body.Close()
-			return nil, fmt.Errorf("upstream answered a resume at byte %d with %s", off, resp.Status)
-		}
-		return resp.Body, nil
-	}
-}
-
-// streamFill sends a fill to the client while it grows. If the fill fails
-// the connection is cut, so that the client retries rather than keeping
-// bytes that no digest vouched for.
-func streamFill(w http.ResponseWriter, r *http.Request, f *fill.Fill, rd *fill.Reader) {
-	defer rd.Close()
-	setBlobHeaders(w.Header(), f.Digest())
-	tr := &trackingReader{Reader: rd}
-	if f.Size() >= 0 {
+// sendBlob serves b: Range, HEAD and conditional requests come from
+// http.ServeContent. If reading fails (the fill fails, or its relay cuts
+// this slow client) the connection is cut, so that the client retries
+// rather than keeping bytes that no digest vouched for.
+func sendBlob(w http.ResponseWriter, r *http.Request, rp regPath, b *fill.Blob) {
+	setBlobHeaders(w.Header(), rp)
+	tr := &trackingReader{ReadSeeker: b}
+	if b.Size >= 0 {
 		http.ServeContent(w, r, "", time.Time{}, tr)
 	} else {
 		w.WriteHeader(http.StatusOK)
@@ -213,14 +94,100 @@ func streamFill(w http.ResponseWriter, r *http.Request, f *fill.Fill, rd *fill.R
 // trackingReader remembers the first read error, which http.ServeContent
 // would otherwise swallow.
 type trackingReader struct {
-	*fill.Reader
+	io.ReadSeeker
 	err error
 }
 
 func (t *trackingReader) Read(p []byte) (int, error) {
-	n, err := t.Reader.Read(p)
+	n, err := t.ReadSeeker.Read(p)
 	if err != nil && err != io.EOF && t.err == nil {
 		t.err = err
 	}
 	return n, err
+}
+
+// blobFetch is how a fill started by r fetches the blob: a GET of the whole
+// blob as r asks for it (r's credentials, and upstream's answer is r's),
+// then, to resume a cut, a GET of the rest with a Range. It keeps its own
+// copy of the request, since the fill outlives r.
+func (p *Proxy) blobFetch(r *http.Request, rp regPath) fill.Fetch {
+	base := upstreamRequest(context.Background(), r, targetOf(r), http.MethodGet)
+	c := clientOf(r, rp.Name)
+	size := int64(-1) // the size the first answer announced; fetches run one at a time
+	return func(ctx context.Context, off int64) (fill.Body, error) {
+		if off > 0 {
+			return p.fetchRest(ctx, base, off, size)
+		}
+		body, err := p.fetchWhole(ctx, base, c, rp)
+		size = body.Size
+		return body, err
+	}
+}
+
+// fetchWhole sends the first GET of a fill. Any answer but a 200 is r's
+// own, and goes back to it as a *fill.Refused.
+func (p *Proxy) fetchWhole(ctx context.Context, base *http.Request, c client, rp regPath) (fill.Body, error) {
+	resp, err := p.fetch.Do(base.Clone(ctx))
+	if err != nil {
+		return fill.Body{Size: -1}, err
+	}
+	p.learnFrom(c, rp, resp)
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
+		return fill.Body{Size: -1}, &fill.Refused{Status: resp.StatusCode, Header: resp.Header, Body: body}
+	}
+	return fill.Body{ReadCloser: resp.Body, Size: resp.ContentLength}, nil
+}
+
+// fetchRest reopens a cut blob download at off with a Range request,
+// through the same redirects. The range names both ends: some registries
+// refuse open-ended ranges.
+//
+// The client's token may have expired since the fill began (Docker Hub's
+// last five minutes; a large layer can take longer). When upstream refuses
+// it with a 401, the rest is fetched as regproxy's own probes ask: without
+// the client's credentials, with an anonymous token or the configured
+// credentials. The client has already been let have this blob; the fill
+// only needs its bytes.
+func (p *Proxy) fetchRest(ctx context.Context, base *http.Request, off, size int64) (fill.Body, error) {
+	req := base.Clone(ctx)
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, size-1))
+	resp, err := p.fetch.Do(req)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized && req.Header.Get("Authorization") != "" {
+		resp.Body.Close()
+		req = req.Clone(ctx)
+		req.Header.Del("Authorization")
+		resp, err = newFetchClient(p.probe).Do(req)
+	}
+	if err != nil {
+		return fill.Body{}, err
+	}
+	start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	if resp.StatusCode != http.StatusPartialContent || !ok || start != off || total != size {
+		resp.Body.Close()
+		return fill.Body{}, fmt.Errorf("upstream answered a resume at byte %d with %s, Content-Range %q",
+			off, resp.Status, resp.Header.Get("Content-Range"))
+	}
+	// The part may end before the blob does: the fill then resumes again.
+	return fill.Body{ReadCloser: resp.Body, Size: total}, nil
+}
+
+// contentRangeRE is a satisfied byte range, RFC 9110, section 14.4.
+var contentRangeRE = regexp.MustCompile(`^bytes ([0-9]+)-([0-9]+)/([0-9]+)$`)
+
+// parseContentRange returns the first byte and the complete length a 206's
+// Content-Range names.
+func parseContentRange(s string) (start, total int64, ok bool) {
+	m := contentRangeRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(m[1], 10, 64)
+	last, err2 := strconv.ParseInt(m[2], 10, 64)
+	total, err3 := strconv.ParseInt(m[3], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || start > last || last >= total {
+		return 0, 0, false
+	}
+	return start, total, true
 }

@@ -296,8 +296,9 @@ func TestPullWhileUpstreamIsDown(t *testing.T) {
 }
 
 // TestTagByHeadThenDigest follows dockerd and containerd: they HEAD the tag,
-// then GET the manifest by digest. The tag must still come from the cache
-// once the manifest is there, and from a stale record when upstream fails.
+// then GET the manifest by digest. The GET that caches the manifest also
+// writes the tag record the HEAD established, so that the next HEAD within
+// the TTL is a hit; a stale record serves when upstream fails.
 func TestTagByHeadThenDigest(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -318,11 +319,55 @@ func TestTagByHeadThenDigest(t *testing.T) {
 	}
 	head("cold", 200, 1)
 	e.get(c, "GET", "/v2/r/manifests/"+want.String())
-	head("manifest cached by digest, tag recorded now", 200, 1)
+	head("manifest cached by digest, with the HEAD's tag record", 200, 0)
 	head("fresh record", 200, 0)
 	e.clock.Advance(e.ttl + time.Second)
 	e.up.SetFault(testupstream.FailWith(http.StatusServiceUnavailable))
 	head("stale record, upstream down", 200, 1)
+}
+
+// TestHeadTagRecordKeepsItsAccept: the record a HEAD established is the
+// HEAD's own, for its Accept header, whatever the GET by digest that
+// caches the manifest sends; and a HEAD's answer waits for that GET only
+// briefly.
+func TestHeadTagRecordKeepsItsAccept(t *testing.T) {
+	t.Parallel()
+	const (
+		containerdAccept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*"
+		otherAccept      = "application/vnd.oci.image.manifest.v1+json"
+	)
+	e := newEnv(t)
+	c := e.client()
+	img := e.up.RandomImage(t, 1, 1000)
+	e.up.Push(t, "r", "v1", img)
+	e.up.Push(t, "r", "v2", e.up.RandomImage(t, 1, 1000))
+	d, _ := img.Digest()
+	head := func(step, tag, accept string, wantHEADs int64) {
+		t.Helper()
+		e.up.ResetCounts()
+		resp, _ := e.get(c, "HEAD", "/v2/r/manifests/"+tag, "Accept", accept)
+		if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") == "" {
+			t.Fatalf("%s: HEAD %s: %d, digest %q", step, tag, resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
+		}
+		if n := e.up.Count("HEAD manifest"); n != wantHEADs {
+			t.Fatalf("%s: %d upstream HEADs; want %d", step, n, wantHEADs)
+		}
+	}
+	getByDigest := func(d string) {
+		t.Helper()
+		if resp, _ := e.get(c, "GET", "/v2/r/manifests/"+d, "Accept", otherAccept); resp.StatusCode != 200 {
+			t.Fatalf("GET by digest: %d", resp.StatusCode)
+		}
+	}
+	head("cold", "v1", containerdAccept, 1)
+	getByDigest(d.String())
+	head("the HEAD's Accept", "v1", containerdAccept, 0)
+	head("another Accept has no record", "v1", otherAccept, 1)
+
+	resp, _ := e.get(c, "HEAD", "/v2/r/manifests/v2", "Accept", containerdAccept)
+	e.clock.Advance(2 * time.Minute) // longer than a HEAD's answer waits
+	getByDigest(resp.Header.Get("Docker-Content-Digest"))
+	head("GET by digest long after the HEAD", "v2", containerdAccept, 1)
 }
 
 func TestSchema1PassesThroughUncached(t *testing.T) {

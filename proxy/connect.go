@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
-	"time"
 
 	"github.com/elazarl/goproxy"
 )
@@ -130,7 +128,8 @@ func (p *Proxy) intercept(client net.Conn, target, host, user string) {
 		return
 	}
 	conn := tls.Server(&targetConn{Conn: client, target: target, host: host, user: user}, p.tlsConfig)
-	if !p.mitm.deliver(conn) {
+	if err := p.mitm.deliver(conn); err != nil {
+		p.log.Debug("intercepted connection dropped before its first request", "target", target, "err", err)
 		conn.Close()
 	}
 }
@@ -188,26 +187,41 @@ func targetOf(r *http.Request) string {
 	return t
 }
 
-// connListener is a net.Listener fed with intercepted connections.
+// connListener is a net.Listener fed with intercepted connections, each
+// once its TLS handshake is done.
 type connListener struct {
 	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
+	// ctx ends when the listener is closed: handshakes and deliveries in
+	// progress then give up.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func newConnListener() *connListener {
-	return &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &connListener{conns: make(chan net.Conn), ctx: ctx, cancel: cancel}
 }
 
-// deliver hands c to Accept; false once the listener is closed.
-func (l *connListener) deliver(c net.Conn) bool {
+// deliver completes c's TLS handshake and then hands c to Accept. It fails
+// once the listener is closed, and after readHeaderTimeout, the bound the
+// registry server would put on the handshake.
+//
+// The handshake runs here, in the CONNECT's goroutine, which no server
+// tracks once goproxy hijacked the connection, and not in the registry
+// server: there a client that never finished its handshake would count as
+// a new connection, which http.Server.Shutdown waits five seconds for.
+// Closing the listener interrupts the handshake instead.
+func (l *connListener) deliver(c *tls.Conn) error {
+	ctx, cancel := context.WithTimeout(l.ctx, readHeaderTimeout)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		return err
+	}
 	select {
 	case l.conns <- c:
-		return true
-	case <-l.done:
-		return false
-	case <-time.After(30 * time.Second):
-		return false
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -215,13 +229,13 @@ func (l *connListener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.conns:
 		return c, nil
-	case <-l.done:
+	case <-l.ctx.Done():
 		return nil, net.ErrClosed
 	}
 }
 
 func (l *connListener) Close() error {
-	l.once.Do(func() { close(l.done) })
+	l.cancel()
 	return nil
 }
 

@@ -69,6 +69,9 @@ type env struct {
 	others []*testupstream.Upstream
 	// users, when set, must authenticate on the proxy port; start reads it.
 	users *proxy.Htpasswd
+	// configure, when set, adjusts the proxy's Config (wraps its store,
+	// say) before New; start reads it.
+	configure func(*proxy.Config)
 }
 
 func newEnv(t testing.TB, opts ...testupstream.Option) *env {
@@ -101,12 +104,16 @@ func (e *env) start(extraResolve ...string) {
 	for i := 0; i+1 < len(extraResolve); i += 2 {
 		resolve[extraResolve[i]] = extraResolve[i+1]
 	}
-	p, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		CA: authority, Store: store, Registries: e.registries,
 		Resolve: resolve, UpstreamRoots: e.upstreamRoots(), ManifestTTL: e.ttl,
 		Now: e.clock.Now, Logger: e.logger(), UpstreamProxy: e.upstreamProxy, Credentials: e.creds,
 		Users: e.users,
-	})
+	}
+	if e.configure != nil {
+		e.configure(&cfg)
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,8 +60,8 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath
 // which Docker Hub does not count against its pull limit, unless this is
 // a GET with no record at all.
 func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) error {
-	key := tagKeyOf(r, rp)
-	rec, m, err := p.manifests.loadTag(r.Context(), key)
+	q := tagQueryOf(r, rp)
+	rec, m, err := p.manifests.loadTag(r.Context(), q.key())
 	if err != nil {
 		p.logCacheError(err, rp)
 		m = nil
@@ -78,7 +79,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) err
 	case m == nil && r.Method == http.MethodGet:
 		return p.fetchManifest(w, r, rp, nil)
 	}
-	return p.revalidate(w, r, rp, key, m)
+	return p.revalidate(w, r, rp, q, m)
 }
 
 // fresh reports whether a tag record may be served without asking
@@ -102,8 +103,9 @@ func (p *Proxy) logCacheError(err error, rp regPath) {
 // containerd) get tags from the cache too. If upstream is unreachable, 429
 // or 5xx, the stale copy is served when there is one and the client had
 // access before. Otherwise a GET goes upstream, and a HEAD gets upstream's
-// answer.
-func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, key string, stale *cachedManifest) error {
+// answer, which the cache remembers (see headTags) until the GET by digest
+// that follows it caches the manifest.
+func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, q tagQuery, stale *cachedManifest) error {
 	c := clientOf(r, rp.Name)
 	resp, err := p.verify(r, rp, c)
 	if stale != nil && !p.access.allowsStale(c, "") {
@@ -114,12 +116,16 @@ func (p *Proxy) revalidate(w http.ResponseWriter, r *http.Request, rp regPath, k
 		return nil
 	}
 	if err == nil && resp.StatusCode == http.StatusOK {
-		if m := p.cachedByDigest(r, resp.Header.Get("Docker-Content-Digest")); m != nil {
+		announced := resp.Header.Get("Docker-Content-Digest")
+		if m := p.cachedByDigest(r, announced); m != nil {
 			m = m.as(manifestTypeOf(resp))
-			p.saveTagRecord(r, rp, key, m)
+			p.saveTagRecord(r.Context(), q, m, p.now())
 			setOutcome(r, outcomeRevalidated)
 			writeManifest(w, r, m)
 			return nil
+		}
+		if r.Method == http.MethodHead {
+			p.manifests.heads.remember(q, announced, manifestTypeOf(resp), p.now())
 		}
 	}
 	if r.Method == http.MethodGet {
@@ -238,10 +244,11 @@ func (p *Proxy) cacheAndRelay(w http.ResponseWriter, r *http.Request, rp regPath
 	if why := uncacheable(resp, m, targetOf(r)); why != "" {
 		p.log.Info("manifest relayed, not cached", "host", targetOf(r), "repo", rp.Name, "ref", rp.Reference, "why", why)
 		setOutcome(r, outcomePass)
-	} else {
-		p.saveManifest(r, rp, m)
+		relayBody(w, resp, body)
+		return nil
 	}
-	relayBody(w, resp, body)
+	p.saveManifest(r, rp, m)
+	relayManifest(w, r, resp, m)
 	return nil
 }
 
@@ -294,7 +301,12 @@ func (p *Proxy) saveManifest(r *http.Request, rp regPath, m *cachedManifest) {
 		return
 	}
 	if rp.IsTag() {
-		p.saveTagRecord(r, rp, tagKeyOf(r, rp), m)
+		p.saveTagRecord(r.Context(), tagQueryOf(r, rp), m, p.now())
+		return
+	}
+	// The tags that HEADs found naming this manifest before it was cached.
+	for _, h := range p.manifests.heads.take(c.repo, m.Digest, p.now()) {
+		p.saveTagRecord(r.Context(), h.query, m.as(h.mediaType), h.at)
 	}
 }
 
@@ -305,15 +317,14 @@ func manifestTypeOrEmpty(ct string) string {
 	return ""
 }
 
-// saveTagRecord records that the tag names m, with m's media type, as of
-// now.
-func (p *Proxy) saveTagRecord(r *http.Request, rp regPath, key string, m *cachedManifest) {
-	registry, repo := canonicalRepo(targetOf(r), rp.Name)
-	rec := tagRecord{Registry: registry, Repository: repo, Tag: rp.Reference, Accept: normalizeAccept(r.Header),
-		Query: normalizeQuery(r.URL.Query()), Digest: m.Digest, MediaType: m.ContentType, Validated: p.now(),
-		Open: p.access.isOpen(repoKey{registry, repo}, openTTL)}
-	if err := p.manifests.saveTag(r.Context(), key, rec); err != nil {
-		p.log.Warn("cache tag record", "repo", rp.Name, "tag", rp.Reference, "err", err)
+// saveTagRecord records that the tag q asked for names m, with m's media
+// type, as upstream confirmed at validated.
+func (p *Proxy) saveTagRecord(ctx context.Context, q tagQuery, m *cachedManifest, validated time.Time) {
+	rec := tagRecord{Registry: q.registry, Repository: q.repo, Tag: q.tag, Accept: q.accept,
+		Query: q.query, Digest: m.Digest, MediaType: m.ContentType, Validated: validated,
+		Open: p.access.isOpen(repoKey{q.registry, q.repo}, openTTL)}
+	if err := p.manifests.saveTag(ctx, q.key(), rec); err != nil {
+		p.log.Warn("cache tag record", "repo", q.repo, "tag", q.tag, "err", err)
 	}
 }
 
@@ -323,6 +334,17 @@ func relayBody(w http.ResponseWriter, resp *http.Response, body []byte) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(resp.StatusCode)
 	w.Write(body)
+}
+
+// relayManifest sends a manifest that upstream just served with 200, with
+// upstream's headers, and answers the client's conditions and Range as a
+// hit would (writeManifest). Upstream was asked for the whole manifest,
+// without the client's If-None-Match (fetchHeaders), so a client that
+// already holds this digest gets its 304 here (RFC 9110, section 13.1.2).
+func relayManifest(w http.ResponseWriter, r *http.Request, resp *http.Response, m *cachedManifest) {
+	copyHeader(w.Header(), resp.Header)
+	w.Header().Set("Etag", `"`+m.Digest.String()+`"`)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(m.Body))
 }
 
 // writeManifest serves a cached manifest with the headers upstream sent.
@@ -347,8 +369,9 @@ func isSchema1(m *cachedManifest) bool {
 	return json.Unmarshal(m.Body, &v) == nil && v.SchemaVersion == 1
 }
 
-// tagKeyOf is the key of the tag record a request reads or writes.
-func tagKeyOf(r *http.Request, rp regPath) string {
+// tagQueryOf is what selects the tag record a request reads or writes.
+func tagQueryOf(r *http.Request, rp regPath) tagQuery {
 	registry, repo := canonicalRepo(targetOf(r), rp.Name)
-	return tagRecordKey(registry, repo, rp.Reference, normalizeAccept(r.Header), normalizeQuery(r.URL.Query()))
+	return tagQuery{registry: registry, repo: repo, tag: rp.Reference,
+		accept: normalizeAccept(r.Header), query: normalizeQuery(r.URL.Query())}
 }

@@ -38,12 +38,14 @@ type manifestCache struct {
 	// may hold older copies than the store; the worst that does is one
 	// extra revalidation, or a tag served up to one TTL late.
 	tags *lru.Cache[string, tagRecord]
+	// heads are tag records waiting for their manifest (see headTags).
+	heads *headTags
 }
 
 func newManifestCache(store cachestore.Store) *manifestCache {
 	hot, _ := lru.New[digest.Digest, *cachedManifest](hotManifests)
 	tags, _ := lru.New[string, tagRecord](hotTags)
-	return &manifestCache{store: store, hot: hot, tags: tags}
+	return &manifestCache{store: store, hot: hot, tags: tags, heads: newHeadTags()}
 }
 
 // manifestMeta is stored beside a manifest body: the header a client must
@@ -180,6 +182,13 @@ func (c *manifestCache) readJSON(ctx context.Context, key string, v any) error {
 	}
 	return nil
 }
+
+// tagQuery is what selects a tag record: the repository, named as
+// canonicalRepo does, the tag, and the client's Accept and query,
+// normalized (see tagRecordKey).
+type tagQuery struct{ registry, repo, tag, accept, query string }
+
+func (q tagQuery) key() string { return tagRecordKey(q.registry, q.repo, q.tag, q.accept, q.query) }
 
 // tagRecordKey names the record of (registry, repository, tag, Accept,
 // query). Everything that can select a different answer upstream is part

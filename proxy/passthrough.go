@@ -79,12 +79,13 @@ func (p *Proxy) notePush(resp *http.Response) error {
 
 // passError answers a pass-through request whose upstream could not be
 // reached, or whose ping upstream answered with 429 or 5xx. The API
-// version check (GET /v2/) is answered here instead: with the upstream
-// down, clients may still pull what the cache holds, and they ping first.
+// version check (GET /v2/) is answered here instead, and logged OFFLINE:
+// with the upstream down, clients may still pull what the cache holds, and
+// they ping first.
 func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	p.log.Warn("upstream unavailable", "host", targetOf(r), "path", r.URL.Path, "err", err)
 	if isPing(r) {
-		setOutcome(r, outcomeStale)
+		setOutcome(r, outcomeOffline)
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
 		w.Write([]byte("{}"))
@@ -105,12 +106,11 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 	}
 }
 
-// copyHeader copies upstream's end-to-end headers to a response.
+// copyHeader copies upstream's end-to-end headers to a response: all but
+// the hop-by-hop ones (see removeHopHeaders).
 func copyHeader(dst, src http.Header) {
 	for k, vv := range src {
 		dst[k] = append([]string(nil), vv...)
 	}
-	for _, k := range hopHeaders {
-		dst.Del(k)
-	}
+	removeHopHeaders(dst)
 }

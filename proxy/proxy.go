@@ -12,10 +12,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/regproxy/regproxy/cachestore"
@@ -56,6 +56,13 @@ type Config struct {
 	ManifestTTL time.Duration
 	// FillTimeout bounds one blob fill. Zero means one hour.
 	FillTimeout time.Duration
+	// FillStallTimeout ends an upstream attempt of a fill that sends no
+	// byte for this long (it is then resumed, or the fill fails), so that
+	// clients are not held for the whole FillTimeout. Zero means a minute.
+	FillStallTimeout time.Duration
+	// ShutdownGrace is how long a Shutdown that Serve starts, when its
+	// context ends, lets responses in flight run on. Zero means 30 seconds.
+	ShutdownGrace time.Duration
 	// TunnelDeny, when set, tunnels only CONNECTs whose target is on
 	// TunnelAllow ("host", any port, or "host:port"); the others get 403.
 	// Unset tunnels every target that is not intercepted.
@@ -79,7 +86,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Proxy is regproxy's proxy server. Serve it on a listener; Close it.
+// Proxy is regproxy's proxy server. Serve it on a listener; stop it with
+// Shutdown or Close.
 type Proxy struct {
 	ca        CertSource
 	store     cachestore.Store
@@ -106,6 +114,15 @@ type Proxy struct {
 	mitmSrv   *http.Server  // serves the registry API on intercepted connections
 	front     *http.Server  // serves the proxy port: CONNECT and plain pages
 	tlsConfig *tls.Config   // shared by interceptions, for session resumption
+
+	grace    time.Duration // of the Shutdown Serve starts
+	handlers inflight      // handlers of both servers, which Server.Close does not wait for
+	stopping chan struct{} // closed when a shutdown begins
+	// abort cuts a shutdown's grace short: Close cancels it.
+	abort        context.Context
+	cancelAbort  context.CancelFunc
+	shutdownOnce sync.Once
+	shutdownErr  error // the result of the one shutdown
 }
 
 // New validates cfg and returns a Proxy ready to Serve.
@@ -125,7 +142,10 @@ func New(cfg Config) (*Proxy, error) {
 		manifestTTL: cfg.ManifestTTL,
 		log:         cfg.Logger,
 		now:         cfg.Now,
+		grace:       cfg.ShutdownGrace,
+		stopping:    make(chan struct{}),
 	}
+	p.abort, p.cancelAbort = context.WithCancel(context.Background())
 	p.setDefaults()
 	if cfg.Users != nil {
 		p.auth = newClientAuth(cfg.Users, p.now)
@@ -143,12 +163,15 @@ func New(cfg Config) (*Proxy, error) {
 		upstreamauth.Options{Now: p.now, Logger: p.log, AnonymousTokens: true})
 	p.access = newAccess(p.now)
 	p.pass = p.newPassthrough()
-	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout, Logger: p.log})
+	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout,
+		StallTimeout: cfg.FillStallTimeout, Logger: p.log})
 	p.manifests = newManifestCache(cfg.Store)
 	p.mitm = newConnListener()
 	p.tlsConfig = p.newTLSConfig()
 	p.mitmSrv = p.newMITMServer()
 	p.front = p.newFrontServer()
+	p.mitmSrv.Handler = p.handlers.track(p.mitmSrv.Handler)
+	p.front.Handler = p.handlers.track(p.front.Handler)
 	return p, nil
 }
 
@@ -162,6 +185,9 @@ func (p *Proxy) setDefaults() {
 	if p.now == nil {
 		p.now = time.Now
 	}
+	if p.grace <= 0 {
+		p.grace = defaultShutdownGrace
+	}
 }
 
 // Timeouts and limits of both servers. Headers are bounded in size and
@@ -172,45 +198,3 @@ const (
 	readHeaderTimeout = 30 * time.Second
 	idleTimeout       = 2 * time.Minute
 )
-
-// Serve accepts proxy connections on ln until ctx ends or Close is called.
-// It returns nil after a clean shutdown.
-func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
-	errc := make(chan error, 2)
-	go func() { errc <- p.mitmSrv.Serve(p.mitm) }()
-	go func() { errc <- p.front.Serve(ln) }()
-	var err error
-	pending := 2
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		pending--
-	}
-	p.Close()
-	for ; pending > 0; pending-- {
-		<-errc
-	}
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
-}
-
-// Close stops both servers, waits briefly for requests in flight, and
-// cancels fills in progress.
-func (p *Proxy) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	p.front.Shutdown(ctx)
-	// Shutdown cuts tunnels in a goroutine of its own; wait for them here,
-	// so that nothing of the proxy outlives Close.
-	p.tunnels.close()
-	p.mitm.Close()
-	err := p.mitmSrv.Shutdown(ctx)
-	if err != nil {
-		p.mitmSrv.Close()
-	}
-	p.fills.Close()
-	p.transport.CloseIdleConnections()
-	return nil
-}

@@ -5,15 +5,9 @@ import (
 	"net"
 	"strconv"
 	"strings"
-)
 
-// dockerHubHosts are the hosts Docker Hub really serves from: the registry
-// API, its token service and its blob CDN. "docker.io" on the allow-list
-// stands for all of them.
-var dockerHubHosts = []string{
-	"docker.io", "index.docker.io", "registry-1.docker.io", "auth.docker.io",
-	"production.cloudflare.docker.com", "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
-}
+	"github.com/regproxy/regproxy/internal/dockerhub"
+)
 
 // CheckRegistries validates allow-list entries ("host" or "host:port")
 // the way New does, so that a command line can be checked before anything
@@ -23,22 +17,19 @@ func CheckRegistries(entries []string) error {
 	return err
 }
 
-// dockerHubAPIHosts serve Docker Hub's registry API under several names.
-var dockerHubAPIHosts = map[string]bool{"docker.io": true, "index.docker.io": true, "registry-1.docker.io": true}
-
 // canonicalRepo names a repository the same way whichever alias a client
 // used, for cache keys: Docker Hub's API hosts become registry-1.docker.io,
 // and its one-component names get their implicit "library/" (docker.io/alpine
 // is registry-1.docker.io/v2/library/alpine).
 func canonicalRepo(target, name string) (registry, repo string) {
 	host, port, err := net.SplitHostPort(strings.ToLower(target))
-	if err != nil || !dockerHubAPIHosts[host] {
+	if err != nil || !dockerhub.IsAPIHost(host) {
 		return strings.ToLower(target), name
 	}
 	if !strings.Contains(name, "/") {
 		name = "library/" + name
 	}
-	return net.JoinHostPort("registry-1.docker.io", port), name
+	return net.JoinHostPort(dockerhub.Registry, port), name
 }
 
 // allowList decides which CONNECT targets are intercepted.
@@ -69,8 +60,8 @@ func (a *allowList) add(e string) error {
 			return fmt.Errorf("registry %q: not a host name", e)
 		}
 		a.anyPort[e] = true
-		if e == "docker.io" {
-			for _, h := range dockerHubHosts {
+		if e == dockerhub.Name { // Docker Hub serves from several hosts
+			for _, h := range dockerhub.Hosts() {
 				a.anyPort[h] = true
 			}
 		}
@@ -133,7 +124,7 @@ func splitTarget(target string) (host, port string, err error) {
 
 // RegistryHosts returns the hosts, without ports, that allow-list entries
 // intercept, each once and in no set order, with "docker.io" standing for
-// all of dockerHubHosts: the names a CA for regproxy must be able to sign
+// all of dockerhub.Hosts: the names a CA for regproxy must be able to sign
 // for. Entries that fail CheckRegistries yield nil.
 func RegistryHosts(entries []string) []string {
 	a, err := parseAllowList(entries)

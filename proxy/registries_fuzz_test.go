@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/regproxy/regproxy/internal/dockerhub"
 )
 
 // fuzzLabelRE is one DNS label as --registries takes it, lowercase: letters,
@@ -102,7 +104,7 @@ func fuzzAllowList(entries []string) (anyPort, exact map[string]bool, valid bool
 		case err == nil || !fuzzValidHost(e):
 			return nil, nil, false
 		case e == "docker.io":
-			for _, h := range dockerHubHosts {
+			for _, h := range dockerhub.Hosts() {
 				anyPort[h] = true
 			}
 		default:

@@ -8,6 +8,7 @@ import (
 // API of the CONNECT target, cached where the OCI distribution spec makes
 // responses immutable or cheap to revalidate.
 func (p *Proxy) serveRegistry(w http.ResponseWriter, r *http.Request) {
+	describe(r)
 	if err := p.routeRegistry(w, r); err != nil {
 		setOutcome(r, outcomeError)
 		p.logError(r, err)
@@ -25,13 +26,13 @@ func (p *Proxy) routeRegistry(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch rp.Kind {
 	case kindBlob:
-		label(r, rp, outcomeMiss)
+		setOutcome(r, outcomeMiss)
 		return p.serveBlob(w, r, rp)
 	case kindManifest:
-		label(r, rp, outcomeMiss)
+		setOutcome(r, outcomeMiss)
 		return p.serveManifest(w, r, rp)
 	}
-	label(r, rp, outcomePass)
+	setOutcome(r, outcomePass)
 	p.pass.ServeHTTP(w, r)
 	return nil
 }

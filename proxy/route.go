@@ -142,3 +142,93 @@ func parseDigest(s string) (digest.Digest, error) {
 	}
 	return d, nil
 }
+
+// Kinds of intercepted requests, as the access log names them.
+const (
+	logPing      = "ping"      // /v2/, the API version check
+	logCatalog   = "catalog"   // /v2/_catalog
+	logTags      = "tags"      // /v2/<name>/tags/list
+	logManifest  = "manifest"  // /v2/<name>/manifests/<reference>, any method
+	logBlob      = "blob"      // /v2/<name>/blobs/<digest>, any method
+	logUpload    = "upload"    // /v2/<name>/blobs/uploads/[<id>]
+	logReferrers = "referrers" // /v2/<name>/referrers/<digest>
+	logToken     = "token"     // a token request (see isTokenRequest)
+	logOther     = "other"
+)
+
+// describePath names, for the access log, what an intercepted request asks
+// for: its kind (one of the log* constants) and the repository and
+// reference it names. Paths are parsed from the end, as parseObjectPath
+// does. A name or reference that is not valid is not logged: it is the
+// client's text.
+func describePath(r *http.Request) (kind, name, ref string) {
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	switch {
+	case r.URL.Path == "/v2" || ok && rest == "":
+		return logPing, "", ""
+	case ok && rest == "_catalog":
+		return logCatalog, "", ""
+	case ok:
+		kind, name, ref = describeRepoPath(rest)
+	}
+	if kind == "" {
+		if isTokenRequest(r) {
+			return logToken, "", ""
+		}
+		return logOther, "", ""
+	}
+	if checkName(name) != nil {
+		return kind, "", ""
+	}
+	switch kind {
+	case logBlob, logManifest:
+		if rp, err := parseObjectPath(r.URL.Path); err == nil && rp.Kind != kindOther {
+			return kind, name, rp.Reference
+		}
+	case logReferrers:
+		if _, err := parseDigest(ref); err == nil {
+			return kind, name, ref
+		}
+	}
+	return kind, name, ""
+}
+
+// describeRepoPath splits a path below /v2/ into kind, repository name and
+// last element, or returns kind "" for a path that is not a repository's.
+func describeRepoPath(rest string) (kind, name, last string) {
+	el := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	n := len(el)
+	join := func(k int) string { return strings.Join(el[:n-k], "/") }
+	switch {
+	case n >= 3 && el[n-2] == "tags" && el[n-1] == "list":
+		return logTags, join(2), ""
+	case n >= 3 && el[n-2] == "blobs" && el[n-1] == "uploads":
+		return logUpload, join(2), ""
+	case n >= 4 && el[n-3] == "blobs" && el[n-2] == "uploads":
+		return logUpload, join(3), "" // the upload's id stays out of the log
+	case n >= 3 && el[n-2] == "blobs":
+		return logBlob, join(2), el[n-1]
+	case n >= 3 && el[n-2] == "manifests":
+		return logManifest, join(2), el[n-1]
+	case n >= 3 && el[n-2] == "referrers":
+		return logReferrers, join(2), el[n-1]
+	}
+	return "", "", ""
+}
+
+// isTokenRequest recognises a request to a registry's token service, which
+// an intercepted host may run beside (ghcr.io, quay.io) or instead of
+// (auth.docker.io) the registry API: a GET with the service or scope
+// parameters of the token protocol, or an OAuth2 form POST
+// (https://distribution.github.io/distribution/spec/auth/).
+func isTokenRequest(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet:
+		q := r.URL.Query()
+		return q.Has("service") || q.Has("scope")
+	case http.MethodPost:
+		ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+		return strings.EqualFold(strings.TrimSpace(ct), "application/x-www-form-urlencoded")
+	}
+	return false
+}

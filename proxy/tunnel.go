@@ -224,57 +224,66 @@ func (t *tunnels) close() {
 //  1. admit the client under its cap (429 over it);
 //  2. dial target through the guarded dialer (403 for a forbidden
 //     address, 502 for an unreachable one);
-//  3. answer 200 and log TUNNEL;
-//  4. relay bytes until the tunnel ends or idles.
+//  3. answer 200;
+//  4. relay bytes until the tunnel ends or idles, and log it as TUNNEL
+//     with the bytes each way and how long it lasted.
 func (p *Proxy) tunnel(r *http.Request, client net.Conn, target string) {
+	start := time.Now()
 	t, ip := p.tunnels, clientIP(r)
 	if err := t.admit(ip, client); err != nil {
-		status := http.StatusTooManyRequests
-		if errors.Is(err, errShuttingDown) {
-			status = http.StatusServiceUnavailable
-		}
-		p.refuseTunnel(r, client, target, status, err.Error(), err)
+		p.refuseTunnel(r, client, target, refusalStatus(err), err.Error(), err)
 		client.Close()
 		return
 	}
 	defer t.release(ip, client)
 	up, err := t.dial(t.ctx, "tcp", target)
 	if err != nil {
-		p.tunnelFailed(r, client, target, err)
+		p.tunnelFailed(r, client, target, err, start)
 		return
 	}
 	defer up.Close()
 	if !t.track(up) {
+		p.refuseTunnel(r, client, target, http.StatusServiceUnavailable, errShuttingDown.Error(), errShuttingDown)
 		return
 	}
 	defer t.untrack(up)
+	e := entry{host: target, outcome: outcomeTunnel, status: http.StatusOK}
 	client.SetWriteDeadline(time.Now().Add(t.idle))
-	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		return
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err == nil {
+		e.bytes, e.bytesIn = t.relay(client, up)
 	}
-	p.logLine(r, target, "", "", "TUNNEL", http.StatusOK, 0, 0)
-	t.relay(client, up)
+	e.duration = time.Since(start)
+	p.logEntry(r, e)
+}
+
+// refusalStatus is the status that answers an error of admit.
+func refusalStatus(err error) int {
+	if errors.Is(err, errShuttingDown) {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusTooManyRequests
 }
 
 // tunnelFailed answers a failed dial: 403 if the guard refused the
-// address, 502 otherwise. The cause goes to the log, not to the client.
-func (p *Proxy) tunnelFailed(r *http.Request, client net.Conn, target string, err error) {
+// address, 502 otherwise. The cause goes to the log line, not to the
+// client.
+func (p *Proxy) tunnelFailed(r *http.Request, client net.Conn, target string, err error, start time.Time) {
 	var refused *refusedError
 	if errors.As(err, &refused) {
 		// The client learns why, not the address its target resolved to.
 		p.refuseTunnel(r, client, target, http.StatusForbidden, refused.reason, refused)
 		return
 	}
-	p.log.Warn("tunnel failed", "host", target, "err", err)
-	p.logLine(r, target, "", "", outcomeError, http.StatusBadGateway, 0, 0)
 	answer(client, http.StatusBadGateway, "regproxy: cannot reach "+target+"\n")
+	p.logEntry(r, entry{host: target, outcome: outcomeError, status: http.StatusBadGateway,
+		duration: time.Since(start), err: err})
 }
 
 // refuseTunnel answers a CONNECT that will not be tunnelled with status and
 // why, and logs it as DENIED, with the full reason on a line of its own.
 func (p *Proxy) refuseTunnel(r *http.Request, client net.Conn, target string, status int, why string, reason error) {
 	p.log.Warn("tunnel refused", "host", target, "client", clientIP(r), "reason", reason.Error())
-	p.logLine(r, target, "", "", "DENIED", status, 0, 0)
+	p.logLine(r, target, "", "", outcomeDenied, status, 0, 0)
 	answer(client, status, "regproxy: CONNECT "+target+" refused: "+why+"\n")
 }
 
@@ -299,11 +308,12 @@ func clientIP(r *http.Request) string {
 }
 
 // relay copies bytes both ways until both directions have ended, either
-// fails, or the tunnel idles (no byte either way for t.idle). When one
-// direction ends, it half-closes the other side's write end, since a
-// client may still read a response after sending its last byte. The
-// caller closes both connections afterwards.
-func (t *tunnels) relay(client, up net.Conn) {
+// fails, or the tunnel idles (no byte either way for t.idle), and returns
+// how many bytes went each way. When one direction ends, it half-closes
+// the other side's write end, since a client may still read a response
+// after sending its last byte. The caller closes both connections
+// afterwards.
+func (t *tunnels) relay(client, up net.Conn) (toClient, fromClient int64) {
 	f := &flow{idle: t.idle}
 	f.touch()
 	cut := func() { client.Close(); up.Close() }
@@ -312,14 +322,17 @@ func (t *tunnels) relay(client, up net.Conn) {
 	go func() {
 		defer t.wg.Done()
 		defer close(done)
-		if !f.copy(up, client) {
+		var ok bool
+		if fromClient, ok = f.copy(up, client); !ok {
 			cut()
 		}
 	}()
-	if !f.copy(client, up) {
+	toClient, ok := f.copy(client, up)
+	if !ok {
 		cut()
 	}
-	<-done
+	<-done // fromClient is set
+	return toClient, fromClient
 }
 
 // flow is the shared clock of a tunnel's two directions: a tunnel is idle
@@ -334,11 +347,12 @@ func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
 // deadline is when the tunnel turns idle unless a byte moves first.
 func (f *flow) deadline() time.Time { return time.Unix(0, f.last.Load()).Add(f.idle) }
 
-// copy moves bytes from src to dst. At src's EOF it half-closes dst and
-// returns true; on an error, or when the tunnel idles, it returns false
-// and the caller cuts both ends.
-func (f *flow) copy(dst, src net.Conn) bool {
+// copy moves bytes from src to dst and returns how many it wrote. At src's
+// EOF it half-closes dst and reports true; on an error, or when the tunnel
+// idles, it reports false and the caller cuts both ends.
+func (f *flow) copy(dst, src net.Conn) (int64, bool) {
 	buf := make([]byte, 32<<10)
+	var written int64
 	for {
 		src.SetReadDeadline(f.deadline())
 		n, err := src.Read(buf)
@@ -347,19 +361,21 @@ func (f *flow) copy(dst, src net.Conn) bool {
 			// A peer that stops reading for idle stalls the tunnel as
 			// surely as one that stops sending.
 			dst.SetWriteDeadline(time.Now().Add(f.idle))
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return false
+			m, werr := dst.Write(buf[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, false
 			}
 			f.touch()
 		}
 		switch {
 		case err == nil:
 		case errors.Is(err, io.EOF):
-			return closeWrite(dst)
+			return written, closeWrite(dst)
 		case errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(f.deadline()):
 			// The other direction moved a byte meanwhile: not idle yet.
 		default:
-			return false
+			return written, false
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -202,6 +203,73 @@ func wantDenied(t *testing.T, log *syncBuffer, dst, why string) {
 	if !strings.Contains(logged, "host="+dst+" ") || !strings.Contains(logged, "outcome=DENIED") || !strings.Contains(logged, why) {
 		t.Errorf("log lacks a DENIED line for %s with %q:\n%s", dst, why, logged)
 	}
+}
+
+// waitLogLine waits until a line of log matches re, and returns it.
+// Tunnels are logged when they end, a little after the client's side
+// closed.
+func waitLogLine(t *testing.T, log *syncBuffer, re *regexp.Regexp) string {
+	t.Helper()
+	for deadline := time.Now().Add(ioTimeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for line := range strings.Lines(log.String()) {
+			if re.MatchString(line) {
+				return line
+			}
+		}
+	}
+	t.Fatalf("no log line matches %s:\n%s", re, log)
+	return ""
+}
+
+// TestTunnelLoggedWhenItEnds: a tunnel's line is written when the tunnel
+// ends, with the bytes it relayed each way (bytes to the client, bytes_in
+// from it) and how long it lasted; a tunnel whose dial failed is logged
+// 502 with the cause, on the same line.
+func TestTunnelLoggedWhenItEnds(t *testing.T) {
+	t.Parallel()
+	// The target reads a 5-byte question and answers 11 bytes.
+	tg := startTarget(t, "127.0.0.1:0", func(c net.Conn) {
+		if _, err := io.ReadFull(c, make([]byte, 5)); err == nil {
+			io.WriteString(c, "hello world")
+		}
+		io.Copy(io.Discard, c)
+	})
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downAddr := down.Addr().String()
+	down.Close() // nothing listens there now
+	tp := startTunnelProxy(t, proxy.Config{Resolve: map[string]string{
+		"talk.test:443": tg.ln.Addr().String(), "down.test:443": downAddr}}, "127.0.0.1:0")
+
+	t.Run("relayed", func(t *testing.T) {
+		code, c := connect(t, tp.addr, "talk.test:443")
+		if code != http.StatusOK {
+			t.Fatalf("CONNECT talk.test:443: %d; want 200", code)
+		}
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		io.WriteString(c, "hello")
+		if _, err := io.ReadFull(c, make([]byte, 11)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // a tunnel that lasts
+		if strings.Contains(tp.log.String(), "host=talk.test:443") {
+			t.Fatalf("tunnel logged while it is open:\n%s", tp.log)
+		}
+		c.Close()
+		line := waitLogLine(t, tp.log, regexp.MustCompile(`method=CONNECT host=talk\.test:443 .*outcome=TUNNEL status=200 bytes=11 bytes_in=5 duration=`))
+		d, err := time.ParseDuration(regexp.MustCompile(`duration=(\S+)`).FindStringSubmatch(line)[1])
+		if err != nil || d < 20*time.Millisecond {
+			t.Errorf("tunnel duration %v (%v); want at least the 20ms it was open, in:\n%s", d, err, line)
+		}
+	})
+	t.Run("dial failed", func(t *testing.T) {
+		if code, _ := connect(t, tp.addr, "down.test:443"); code != http.StatusBadGateway {
+			t.Fatalf("CONNECT down.test:443: %d; want 502", code)
+		}
+		waitLogLine(t, tp.log, regexp.MustCompile(`level=WARN msg=request method=CONNECT host=down\.test:443 .*outcome=ERROR status=502 bytes=0 bytes_in=0 duration=\S+ error=".*connection refused"`))
+	})
 }
 
 // hostIPv4 returns an IPv4 address of the host that is not loopback, or

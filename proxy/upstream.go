@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/http"
+	"net/textproto"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -81,11 +83,29 @@ func redactURL(s string) string {
 	return u.String()
 }
 
-// hopHeaders are the hop-by-hop headers of RFC 9110, section 7.6.1, which
-// are never forwarded.
+// hopHeaders are hop-by-hop headers (RFC 9110, sections 7.6.1 and 11.7),
+// which are never forwarded, whether Connection lists them or not.
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// removeHopHeaders deletes from h, a message's header about to be
+// forwarded, the headers that its Connection header lists and then
+// hopHeaders. A sender may make any header hop-by-hop by listing it in
+// Connection (RFC 9110, section 7.6.1), as httputil.ReverseProxy honours
+// in both directions too.
+func removeHopHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
 }
 
 // fetchHeaders are the client headers that a cache fill must not forward:
@@ -104,9 +124,7 @@ func upstreamRequest(ctx context.Context, r *http.Request, target, method string
 	out.Body = nil
 	out.ContentLength = 0
 	out.Host = r.Host // checkHost has verified that it names target
-	for _, h := range hopHeaders {
-		out.Header.Del(h)
-	}
+	removeHopHeaders(out.Header)
 	for _, h := range fetchHeaders {
 		out.Header.Del(h)
 	}

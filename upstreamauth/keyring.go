@@ -23,6 +23,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/regproxy/regproxy/internal/dockerhub"
 )
 
 // Credentials are a user name and password (or access token) for one
@@ -38,13 +40,11 @@ func (c Credentials) none() bool { return c == Credentials{} }
 type Keyring map[string]Credentials
 
 // dockerHubAliases are the names under which Docker Hub credentials are
-// found, in order of preference. "https://index.docker.io/v1/" is how docker
-// login stores them; "auth.docker.io" is how AUTH_REGISTRIES names them (the
-// nginx proxy adds them where the token is fetched).
-var dockerHubAliases = []string{
-	"registry-1.docker.io", "index.docker.io", "docker.io",
-	"https://index.docker.io/v1/", "auth.docker.io",
-}
+// found, in order of preference: its API hosts, then
+// "https://index.docker.io/v1/", which is how docker login stores them, and
+// its token host, which is how AUTH_REGISTRIES names them (the nginx proxy
+// adds them where the token is fetched).
+var dockerHubAliases = append(dockerhub.APIHosts(), "https://index.docker.io/v1/", dockerhub.TokenHost)
 
 // Lookup finds credentials for a request host "host:port": exact
 // "host:port" first, then "host" alone. Credentials stored under any Docker

@@ -1,7 +1,9 @@
 // Package storetest is the conformance suite that every cachestore backend
 // runs. It owns the behaviour all backends share (errors, visibility,
-// verification, key checks, and the optional FileImporter and Deleter
-// extensions); what a backend does on its own medium is tested beside it.
+// verification, key checks, reads past the end and readers closed early, and
+// the optional FileImporter, Deleter and media type extensions), and with
+// RunShared that of two stores over one storage; what a backend does on its
+// own medium is tested beside it.
 package storetest
 
 import (
@@ -37,6 +39,9 @@ func Run(t *testing.T, newStore func(t *testing.T) cachestore.Store) {
 		{"ImportFile", testImportFile},
 		{"ImportFileSizeMismatch", testImportFileSizeMismatch},
 		{"Delete", testDelete},
+		{"ReadPastEnd", testReadPastEnd},
+		{"StopEarly", testStopEarly},
+		{"MediaType", testMediaType},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

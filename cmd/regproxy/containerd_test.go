@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -56,12 +54,13 @@ func TestContainerdPull(t *testing.T) {
 type containerd struct {
 	ctr, dir, sock string
 	log            *syncBuffer // the daemon's stdout and stderr
+	proc           proc        // the daemon, in a process group of its own
 	exited         chan struct{}
 	err            error // Wait's result; read after exited is closed
 }
 
 // startContainerd starts the daemon and waits until ctr can reach it. It
-// is stopped by PID when the test ends.
+// is stopped by its process group when the test ends.
 func startContainerd(t *testing.T) *containerd {
 	t.Helper()
 	bin, err := exec.LookPath("containerd")
@@ -84,13 +83,9 @@ func startContainerd(t *testing.T) *containerd {
 	}
 
 	cmd := exec.Command(bin, "--config", config)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Stdout, cmd.Stderr = c.log, c.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { c.err = cmd.Wait(); close(c.exited) }()
-	t.Cleanup(func() { c.stop(t, cmd.Process.Pid) })
+	c.proc = startProc(t, "containerd", cmd, true, c.exited, &c.err)
+	t.Cleanup(func() { c.stop(t) })
 	c.waitReady(t)
 	return c
 }
@@ -124,48 +119,29 @@ disabled_plugins = [
 // waitReady polls ctr version until the daemon answers.
 func (c *containerd) waitReady(t *testing.T) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), ctrStartTimeout)
-	defer cancel()
-	for {
-		out, err := c.run(ctx, nil, "version")
-		if err == nil {
-			return
+	c.proc.waitReady(t, ctrStartTimeout, pollInterval, func(ctx context.Context) error {
+		out, err := c.run(ctx, ctrTimeout, nil, "version")
+		if err != nil {
+			return fmt.Errorf("ctr version: %w\n%s", err, out)
 		}
-		select {
-		case <-c.exited:
-			t.Fatalf("containerd exited while starting: %v\n%s", c.err, c.log)
-		case <-ctx.Done():
-			t.Fatalf("ctr version still failing after %v: %v\n%s\ncontainerd log:\n%s", ctrStartTimeout, err, out, c.log)
-		case <-time.After(pollInterval):
-		}
-	}
+		return nil
+	})
 }
 
 // stop sends the daemon's process group SIGTERM, then SIGKILL if it has not
 // exited within stopTimeout.
-func (c *containerd) stop(t *testing.T, pid int) {
-	select {
-	case <-c.exited:
-		t.Errorf("containerd exited before the test ended: %v", c.err)
-	default:
-		syscall.Kill(-pid, syscall.SIGTERM)
-		select {
-		case <-c.exited:
-		case <-time.After(stopTimeout):
-			t.Errorf("containerd still running %v after SIGTERM; killing it", stopTimeout)
-			syscall.Kill(-pid, syscall.SIGKILL)
-			<-c.exited
-		}
-	}
+func (c *containerd) stop(t *testing.T) {
+	c.proc.stop(t, stopTimeout)
 	if t.Failed() {
 		t.Logf("containerd log:\n%s", c.log)
 	}
 }
 
 // run runs ctr against the daemon in ctrNamespace, with env added to a
-// bare PATH, and returns its combined output.
-func (c *containerd) run(ctx context.Context, env []string, args ...string) (string, error) {
-	cmd := groupCmd(ctx, c.ctr, append([]string{"--address", c.sock, "--namespace", ctrNamespace}, args...)...)
+// bare PATH, under ctx and timeout, and returns its combined output.
+func (c *containerd) run(ctx context.Context, timeout time.Duration, env []string, args ...string) (string, error) {
+	cmd, cancel := timedCmd(ctx, timeout, c.ctr, append([]string{"--address", c.sock, "--namespace", ctrNamespace}, args...)...)
+	defer cancel()
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + c.dir}, env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -174,9 +150,7 @@ func (c *containerd) run(ctx context.Context, env []string, args ...string) (str
 // mustRun is run with a timeout that fails the test on any error.
 func (c *containerd) mustRun(t *testing.T, timeout time.Duration, env []string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	out, err := c.run(ctx, env, args...)
+	out, err := c.run(t.Context(), timeout, env, args...)
 	if err != nil {
 		t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -265,24 +239,6 @@ func ctrRows(out string, header bool) []string {
 		}
 	}
 	return rows
-}
-
-// groupCmd returns a command that runs in its own process group and, when
-// ctx ends, is killed with its whole group, so no helper it forked can
-// outlive the test. WaitDelay bounds Wait if such a helper keeps the
-// output pipe open.
-func groupCmd(ctx context.Context, path string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if errors.Is(err, syscall.ESRCH) {
-			return os.ErrProcessDone
-		}
-		return err
-	}
-	cmd.WaitDelay = stopTimeout
-	return cmd
 }
 
 // loggedMisses returns the digests (blobs and manifests by digest) that

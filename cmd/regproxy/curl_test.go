@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -98,9 +97,8 @@ func newCurl(t *testing.T, s *hubSetup) *curl {
 // a failure names what, not the arguments, which may hold a token.
 func (c *curl) run(t *testing.T, what string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), curlTimeout)
+	cmd, cancel := timedCmd(t.Context(), curlTimeout, c.path, append(append([]string(nil), c.args...), args...)...)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.path, append(append([]string(nil), c.args...), args...)...)
 	cmd.Env = c.env
 	out, err := cmd.Output()
 	if err != nil {

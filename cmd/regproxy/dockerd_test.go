@@ -27,7 +27,8 @@ const (
 // TestDockerdPull pulls an image and a multi-arch index with a real dockerd
 // whose only proxy settings are those of a systemd drop-in. Then it empties
 // dockerd's store and pulls both again: the second pull must be served by
-// regproxy's cache, which the upstream's blob counters prove.
+// regproxy's cache, which the upstream's blob and manifest counters prove
+// (dockerd HEADs each tag, then GETs by digest).
 func TestDockerdPull(t *testing.T) {
 	t.Parallel()
 	bin, cli := lookDocker(t)
@@ -38,7 +39,7 @@ func TestDockerdPull(t *testing.T) {
 	for _, img := range images {
 		dk.pull(t, s, img)
 	}
-	before := s.BlobFetches()
+	before, manifests := s.BlobFetches(), s.ManifestRequests()
 	if before == 0 {
 		t.Fatal("first pull: no blob fetches upstream; the second pull would prove nothing")
 	}
@@ -51,6 +52,7 @@ func TestDockerdPull(t *testing.T) {
 		}
 	}
 	s.AssertNoBlobFetchesSince(t, before, "dockerd second pull")
+	s.AssertNoManifestRequestsSince(t, manifests, "dockerd second pull")
 	if !s.d.waitLogged(skip, func(e logEntry) bool {
 		return e.Method == "GET" && e.Outcome == "HIT" && strings.HasPrefix(e.Ref, "sha256:")
 	}) {
@@ -66,7 +68,7 @@ type dockerd struct {
 	cli     string // the docker CLI
 	cliEnv  []string
 	logFile string // dockerd's and its containerd's stdout and stderr
-	pgid    int    // dockerd's process group
+	proc    proc   // dockerd, leading a process group of its own
 	exited  chan struct{}
 	err     error // Wait's result; read after exited is closed
 }
@@ -97,7 +99,6 @@ func startDockerd(t *testing.T, bin, cli string, env []string) *dockerd {
 	}
 	cmd := exec.Command(bin, dk.args(t)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	log, err := os.Create(dk.logFile)
 	if err != nil {
 		t.Fatal(err)
@@ -105,13 +106,8 @@ func startDockerd(t *testing.T, bin, cli string, env []string) *dockerd {
 	// A file, not a pipe: the managed containerd inherits it, and a pipe
 	// would keep Wait waiting for containerd too.
 	cmd.Stdout, cmd.Stderr = log, log
-	err = cmd.Start()
-	log.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dk.pgid = cmd.Process.Pid
-	go func() { dk.err = cmd.Wait(); close(dk.exited) }()
+	defer log.Close() // cmd has its own copy once started
+	dk.proc = startProc(t, "dockerd", cmd, true, dk.exited, &dk.err)
 	t.Cleanup(func() { dk.stop(t) })
 	dk.waitReady(t)
 	return dk
@@ -162,29 +158,17 @@ func (dk *dockerd) args(t *testing.T) []string {
 // waitReady polls `docker version` until the daemon answers.
 func (dk *dockerd) waitReady(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(dockerdStartTimeout)
-	for {
-		_, err := dk.docker(t.Context(), 5*time.Second, "version")
-		if err == nil {
-			return
-		}
-		select {
-		case <-dk.exited:
-			t.Fatalf("dockerd exited while starting: %v", dk.err)
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dockerd not answering after %v: %v", dockerdStartTimeout, err)
-		}
-	}
+	dk.proc.waitReady(t, dockerdStartTimeout, 200*time.Millisecond, func(ctx context.Context) error {
+		_, err := dk.docker(ctx, 5*time.Second, "version")
+		return err
+	})
 }
 
 // docker runs the CLI against this daemon and returns its stdout; the
 // error carries stderr.
 func (dk *dockerd) docker(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	cmd, cancel := timedCmd(ctx, timeout, dk.cli, append([]string{"-H", dk.host}, args...)...)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, dk.cli, append([]string{"-H", dk.host}, args...)...)
 	cmd.Env = dk.cliEnv
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -248,25 +232,10 @@ func (dk *dockerd) removeAll(t *testing.T, s *hubSetup, images []hubImage) {
 // left mounted under dk.dir, and prints dockerd's log if the test failed.
 func (dk *dockerd) stop(t *testing.T) {
 	containerd := dk.containerdPID()
-	select {
-	case <-dk.exited:
-		t.Errorf("dockerd exited before the test ended: %v", dk.err)
-	default:
-		if err := syscall.Kill(-dk.pgid, syscall.SIGTERM); err != nil {
-			t.Errorf("SIGTERM dockerd: %v", err)
-		}
-		select {
-		case <-dk.exited:
-			if dk.err != nil {
-				t.Logf("dockerd after SIGTERM: %v", dk.err)
-			}
-		case <-time.After(dockerdStopTimeout):
-			t.Errorf("dockerd still running %v after SIGTERM; killing it", dockerdStopTimeout)
-			syscall.Kill(-dk.pgid, syscall.SIGKILL)
-			<-dk.exited
-		}
+	if dk.proc.stop(t, dockerdStopTimeout) && dk.err != nil {
+		t.Logf("dockerd after SIGTERM: %v", dk.err)
 	}
-	syscall.Kill(-dk.pgid, syscall.SIGKILL) // stragglers; ESRCH when none
+	dk.proc.signal(syscall.SIGKILL) // stragglers; ESRCH when none
 	if containerd != 0 {
 		dk.reap(t, containerd)
 	}

@@ -2,10 +2,10 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,9 +17,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -91,13 +89,6 @@ func clearEnv() {
 	}
 }
 
-// Bounds of the waits for a starting daemon.
-const (
-	pollTries    = 100
-	pollInterval = 50 * time.Millisecond
-	stopTimeout  = 5 * time.Second
-)
-
 // daemon is a regproxy serve subprocess.
 type daemon struct {
 	addr   string      // where it listens, from its "regproxy serving" line
@@ -129,38 +120,22 @@ func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
 		"HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9",
 	}, env...)
 	cmd.Stdout, cmd.Stderr = d.log, d.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = cmd.Wait(); close(d.exited) }()
+	startProc(t, "regproxy", cmd, false, d.exited, &d.err)
 	t.Cleanup(func() { d.stop(t, cmd.Process) })
 	d.addr = d.waitListening(t)
 	d.waitHealthy(t)
 	return d
 }
 
-// stop sends SIGTERM, kills the process if it has not exited within
+// stop sends p, d's process, SIGTERM, kills it if it has not exited within
 // stopTimeout, and checks that it exited 0 after a clean shutdown.
 func (d *daemon) stop(t *testing.T, p *os.Process) {
-	select {
-	case <-d.exited:
-		t.Errorf("regproxy exited before the test ended: %v", d.err)
-	default:
-		if err := p.Signal(syscall.SIGTERM); err != nil {
-			t.Errorf("SIGTERM: %v", err)
+	if d.process(p.Pid).stop(t, stopTimeout) {
+		if d.err != nil {
+			t.Errorf("regproxy after SIGTERM: %v, want exit status 0", d.err)
 		}
-		select {
-		case <-d.exited:
-			if d.err != nil {
-				t.Errorf("regproxy after SIGTERM: %v, want exit status 0", d.err)
-			}
-			if !d.logged(0, func(e logEntry) bool { return e.Msg == "regproxy stopped" }) {
-				t.Error(`no "regproxy stopped" line after SIGTERM`)
-			}
-		case <-time.After(stopTimeout):
-			t.Errorf("regproxy still running %v after SIGTERM; killing it", stopTimeout)
-			p.Kill()
-			<-d.exited
+		if !d.logged(0, func(e logEntry) bool { return e.Msg == "regproxy stopped" }) {
+			t.Error(`no "regproxy stopped" line after SIGTERM`)
 		}
 	}
 	if t.Failed() {
@@ -168,34 +143,36 @@ func (d *daemon) stop(t *testing.T, p *os.Process) {
 	}
 }
 
+// process is d as the process helpers see it; pid 0 for waits alone.
+func (d *daemon) process(pid int) proc {
+	return proc{name: "regproxy", pid: pid, exited: d.exited, err: &d.err}
+}
+
 // waitListening reads the listen address from the start-up log line.
 func (d *daemon) waitListening(t *testing.T) string {
 	t.Helper()
-	for range pollTries {
+	var addr string
+	d.process(0).waitReady(t, pollTries*pollInterval, pollInterval, func(context.Context) error {
 		for _, e := range d.entries(0) {
 			if e.Msg == "regproxy serving" && e.Listen != "" {
-				return e.Listen
+				addr = e.Listen
+				return nil
 			}
 		}
-		select {
-		case <-d.exited:
-			t.Fatalf("regproxy exited while starting: %v\n%s", d.err, d.log)
-		case <-time.After(pollInterval):
-		}
-	}
-	t.Fatalf("no \"regproxy serving\" line after %v:\n%s", pollTries*pollInterval, d.log)
-	return ""
+		return errors.New(`no "regproxy serving" line`)
+	})
+	return addr
 }
 
 func (d *daemon) waitHealthy(t *testing.T) {
 	t.Helper()
-	for range pollTries {
-		if code, _, err := d.get("/healthz"); err == nil && code == http.StatusOK {
-			return
+	d.process(0).waitReady(t, pollTries*pollInterval, pollInterval, func(context.Context) error {
+		code, _, err := d.get("/healthz")
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("GET /healthz: %d", code)
 		}
-		time.Sleep(pollInterval)
-	}
-	t.Fatalf("GET /healthz not 200 after %v", pollTries*pollInterval)
+		return err
+	})
 }
 
 // get fetches a page of the proxy port itself.
@@ -223,6 +200,8 @@ type logEntry struct {
 	Ref     string `json:"ref"`
 	Outcome string `json:"outcome"`
 	Status  int    `json:"status"`
+	Bytes   int64  `json:"bytes"`
+	BytesIn int64  `json:"bytes_in"`
 }
 
 // entries parses the log's JSON lines, skipping the first skip lines.
@@ -263,30 +242,11 @@ func (d *daemon) waitLogged(skip int, match func(logEntry) bool) bool {
 	return false
 }
 
-// syncBuffer is a bytes.Buffer safe for the writer goroutines of exec.Cmd
-// and a reading test.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestBinaryVersion(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	cmd, cancel := timedCmd(t.Context(), 30*time.Second, binary, "version")
 	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, "version").CombinedOutput()
+	out, err := cmd.CombinedOutput()
 	if got, want := string(out), "regproxy "+binaryVersion+"\n"; err != nil || got != want {
 		t.Errorf("regproxy version = %q, %v; want %q", got, err, want)
 	}
@@ -328,8 +288,9 @@ func TestRefusals(t *testing.T) {
 }
 
 // TestTunnel checks that a CONNECT to a host off the allow-list is tunnelled
-// untouched: the client sees the upstream's own certificate, and the tunnel
-// is dialled with --resolve, not through the daemon's HTTPS_PROXY.
+// untouched: the client sees the upstream's own certificate, the tunnel is
+// dialled with --resolve, not through the daemon's HTTPS_PROXY, and it is
+// logged when it ends, with the bytes it relayed.
 func TestTunnel(t *testing.T) {
 	t.Parallel()
 	up := testupstream.Start(t)
@@ -350,8 +311,12 @@ func TestTunnel(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || up.Count("GET ping") != 1 {
 		t.Errorf("GET /v2/: %s, upstream pings %d; want 200 and 1", resp.Status, up.Count("GET ping"))
 	}
-	if !d.waitLogged(0, func(e logEntry) bool { return e.Outcome == "TUNNEL" && e.Host == up.Host }) {
-		t.Errorf(`no "outcome":"TUNNEL" line for %s`, up.Host)
+	// The client closed the tunnel (no keep-alive): its line says what
+	// went each way, the TLS handshake and the request at least.
+	if !d.waitLogged(0, func(e logEntry) bool {
+		return e.Outcome == "TUNNEL" && e.Host == up.Host && e.Bytes > 0 && e.BytesIn > 0
+	}) {
+		t.Errorf(`no "outcome":"TUNNEL" line for %s with bytes each way`, up.Host)
 	}
 }
 

@@ -74,6 +74,10 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "manifest-ttl", Value: "1h", EnvVars: env("manifest-ttl", "MANIFEST_CACHE_DEFAULT_TIME"),
 			Usage: "how long a manifest fetched by tag is served before revalidation (e.g. 30m, 1h, 1d)"},
 		&cli.StringFlag{Name: "fill-timeout", Value: "1h", EnvVars: env("fill-timeout"), Usage: "time limit of one blob download into the cache"},
+		&cli.StringFlag{Name: "fill-stall-timeout", Value: "1m", EnvVars: env("fill-stall-timeout"),
+			Usage: "a blob download that receives no byte for this long is resumed with a Range request, or fails"},
+		&cli.StringFlag{Name: "shutdown-grace", Value: "30s", EnvVars: env("shutdown-grace"),
+			Usage: "on SIGTERM or SIGINT, how long responses in flight may run on before they are cut (a second signal exits at once)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
 	}

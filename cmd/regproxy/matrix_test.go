@@ -130,3 +130,20 @@ func (s *hubSetup) AssertNoBlobFetchesSince(t *testing.T, before int64, what str
 		t.Errorf("%s: %d CDN requests carried a registry token; want 0", what, n)
 	}
 }
+
+// ManifestRequests counts the manifest GETs and HEADs that reached
+// upstream.
+func (s *hubSetup) ManifestRequests() int64 {
+	return s.up.Count("GET manifest") + s.up.Count("HEAD manifest")
+}
+
+// AssertNoManifestRequestsSince fails if any manifest was asked for
+// upstream since the count before was taken: within --manifest-ttl a
+// second pull's tags and digests must come from the cache.
+func (s *hubSetup) AssertNoManifestRequestsSince(t *testing.T, before int64, what string) {
+	t.Helper()
+	if got := s.ManifestRequests(); got != before {
+		t.Errorf("%s: %d manifest requests upstream (GET %d, HEAD %d in all); want none within --manifest-ttl",
+			what, got-before, s.up.Count("GET manifest"), s.up.Count("HEAD manifest"))
+	}
+}

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -118,21 +115,13 @@ func (p *podman) write(t *testing.T, name, content string) {
 // after it exits is killed all the same.
 func (p *podman) run(t *testing.T, timeout time.Duration, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	cmd, cancel := timedCmd(t.Context(), timeout, p.path, slices.Concat(p.global, args)...)
 	defer cancel()
-	cmd := groupCmd(ctx, p.path, slices.Concat(p.global, args)...)
 	cmd.Env = p.env
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	if cmd.Process != nil {
-		// The group is empty unless podman left a child behind.
-		if kerr := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); kerr == nil {
-			t.Errorf("podman %s left processes behind; killed them", args[0])
-		} else if !errors.Is(kerr, syscall.ESRCH) {
-			t.Errorf("kill podman's process group: %v", kerr)
-		}
-	}
+	killLeftovers(t, "podman "+args[0], cmd)
 	if err != nil {
 		t.Fatalf("podman %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
 	}

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/regproxy/regproxy/ca"
 	"github.com/regproxy/regproxy/cachestore"
@@ -34,6 +37,12 @@ func serveConfig(c *cli.Context) (proxy.Config, error) {
 	}
 	if cfg.FillTimeout, err = parseDuration(c.String("fill-timeout")); err != nil {
 		return cfg, badFlag("fill-timeout", err)
+	}
+	if cfg.FillStallTimeout, err = parseDuration(c.String("fill-stall-timeout")); err != nil {
+		return cfg, badFlag("fill-stall-timeout", err)
+	}
+	if cfg.ShutdownGrace, err = parseDuration(c.String("shutdown-grace")); err != nil {
+		return cfg, badFlag("shutdown-grace", err)
 	}
 	if cfg.Resolve, err = parseResolve(c.StringSlice("resolve")); err != nil {
 		return cfg, badFlag("resolve", err)
@@ -104,13 +113,39 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("--listen: %v", err), 1)
 	}
+	// Signals are caught from before the line that says regproxy serves.
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	warnIfOpen(cfg.Logger, ln.Addr(), cfg.Users)
 	cfg.Logger.Info("regproxy serving", "listen", ln.Addr().String(), "data_dir", dataDir,
 		"registries", cfg.Registries, "manifest_ttl", cfg.ManifestTTL.String(), "ca_sha256", fingerprint(cfg.CA.(*ca.CA)),
 		"htpasswd_users", cfg.Users.Len(), "version", version)
-	err = p.Serve(ctx, ln)
+	err = runProxy(ctx, stop, p, ln, cfg.ShutdownGrace, cfg.Logger)
 	cfg.Logger.Info("regproxy stopped")
 	return err
+}
+
+// runProxy serves p on ln until ctx ends (SIGINT or SIGTERM), then shuts
+// it down: responses in flight get grace to finish and are cut after it.
+// The servers' errgroup is p.Serve's; this one pairs it with the
+// shutdown, as spegel's run does.
+//
+// When ctx ends, runProxy calls stopSignals, which restores the signals'
+// default action: a second SIGINT or SIGTERM kills the process at once
+// (its wait status says killed by that signal; a shell reports 130 or
+// 143). What that leaves in the spool is swept at the next start.
+func runProxy(ctx context.Context, stopSignals func(), p *proxy.Proxy, ln net.Listener, grace time.Duration, log *slog.Logger) error {
+	g, gctx := errgroup.WithContext(ctx)
+	// Serve returns once the Shutdown below begins, or when a server fails.
+	g.Go(func() error { return p.Serve(context.WithoutCancel(gctx), ln) })
+	g.Go(func() error {
+		<-gctx.Done()
+		stopSignals() // before the line below, which tells tests a second signal kills
+		log.Info("shutting down", "cause", context.Cause(gctx).Error(), "grace", grace.String())
+		sctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		p.Shutdown(sctx) // a grace that ran out is logged there; the exit status stays 0
+		return nil
+	})
+	return g.Wait()
 }

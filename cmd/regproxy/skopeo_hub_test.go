@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -99,28 +97,15 @@ func skopeoHubPull(t *testing.T, s *hubSetup, sk *skopeo, img hubImage, flags ..
 
 // hubCopy runs "skopeo copy docker://ref" with args (flags, then the
 // destination; none means dir: in a fresh directory) through s's regproxy,
-// in the sealed environment of skopeo.copy, and returns skopeo's output and
+// in the sealed environment of skopeo.command, and returns skopeo's output and
 // error instead of failing.
 func (sk *skopeo) hubCopy(t *testing.T, s *hubSetup, ref string, args ...string) (string, error) {
 	t.Helper()
 	if len(args) == 0 {
 		args = []string{"dir:" + t.TempDir()}
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), skopeoTimeout)
+	cmd, cancel := sk.command(t, s.ProxyURL(), append([]string{"copy", "--retry-times", "0", "docker://" + ref}, args...)...)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, sk.path, append([]string{"--policy", sk.policy,
-		"--registries.d", filepath.Join(sk.dir, "registries.d"), "--tmpdir", filepath.Join(sk.dir, "tmp"),
-		"copy", "--retry-times", "0", "docker://" + ref}, args...)...)
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + filepath.Join(sk.dir, "home"),
-		"HTTPS_PROXY=" + s.ProxyURL(),
-		"NO_PROXY=",
-		"SSL_CERT_FILE=" + sk.caFile,
-		"SSL_CERT_DIR=" + filepath.Join(sk.dir, "certs"), // empty: no system roots
-		"CONTAINERS_REGISTRIES_CONF=" + filepath.Join(sk.dir, "registries.conf"),
-		"REGISTRY_AUTH_FILE=" + filepath.Join(sk.dir, "auth.json"), // absent: anonymous
-	}
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -120,23 +120,29 @@ func (s *skopeo) copy(t *testing.T, d *daemon, ref string) string {
 // run runs skopeo with args through d and fails the test if it fails.
 func (s *skopeo) run(t *testing.T, d *daemon, args ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), skopeoTimeout)
+	cmd, cancel := s.command(t, "http://"+d.addr, args...)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, s.path, append([]string{"--policy", s.policy,
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("skopeo %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+}
+
+// command returns skopeo with args, in the sealed environment, with proxy
+// as its HTTPS_PROXY, bounded by skopeoTimeout. Call cancel once it ran.
+func (s *skopeo) command(t *testing.T, proxy string, args ...string) (*exec.Cmd, context.CancelFunc) {
+	cmd, cancel := timedCmd(t.Context(), skopeoTimeout, s.path, append([]string{"--policy", s.policy,
 		"--registries.d", filepath.Join(s.dir, "registries.d"), "--tmpdir", filepath.Join(s.dir, "tmp")}, args...)...)
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + filepath.Join(s.dir, "home"),
-		"HTTPS_PROXY=http://" + d.addr,
+		"HTTPS_PROXY=" + proxy,
 		"NO_PROXY=",
 		"SSL_CERT_FILE=" + s.caFile,
 		"SSL_CERT_DIR=" + filepath.Join(s.dir, "certs"), // empty: no system roots
 		"CONTAINERS_REGISTRIES_CONF=" + filepath.Join(s.dir, "registries.conf"),
 		"REGISTRY_AUTH_FILE=" + filepath.Join(s.dir, "auth.json"), // absent: anonymous
 	}
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("skopeo %s: %v\n%s", strings.Join(args, " "), err, b)
-	}
+	return cmd, cancel
 }
 
 // checkDir checks a dir: image against the pushed manifest and every blob

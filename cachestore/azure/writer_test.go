@@ -1,0 +1,341 @@
+package azure
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regproxy/regproxy/cachestore"
+)
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// data returns n bytes that differ for each seed.
+func data(seed byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*13+i>>9) ^ seed
+	}
+	return b
+}
+
+// put commits b under key.
+func put(t *testing.T, s cachestore.Store, key string, b []byte) {
+	t.Helper()
+	w, err := s.Create(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Create(%q): %v", key, err)
+	}
+	defer w.Cancel()
+	if _, err := w.Write(b); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := w.Commit(t.Context(), digest.FromBytes(b)); err != nil {
+		t.Fatalf("Commit(%q): %v", key, err)
+	}
+}
+
+// wantData fails unless key's entry holds want.
+func wantData(t *testing.T, s cachestore.Store, key string, want []byte) {
+	t.Helper()
+	r, err := s.Open(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", key, err)
+	}
+	defer r.Close()
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("%q: read %d bytes, %v; want the %d written", key, len(got), err, len(want))
+	}
+}
+
+// wantGone fails unless Stat and Open of key report ErrNotFound.
+func wantGone(t *testing.T, s cachestore.Store, key string) {
+	t.Helper()
+	if _, err := s.Stat(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
+		t.Errorf("Stat(%q) = %v, want ErrNotFound", key, err)
+	}
+	if r, err := s.Open(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
+		t.Errorf("Open(%q) = %v, want ErrNotFound", key, err)
+		if r != nil {
+			r.Close()
+		}
+	}
+}
+
+// listBlobs lists the container's blobs; with uncommitted, also those that
+// have only uncommitted blocks, which nothing else shows.
+func listBlobs(t *testing.T, s *Store, uncommitted bool) []string {
+	t.Helper()
+	pager := s.c.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{
+		Include: container.ListBlobsInclude{UncommittedBlobs: uncommitted},
+	})
+	var names []string
+	for pager.More() {
+		page, err := pager.NextPage(t.Context())
+		if err != nil {
+			t.Fatalf("list blobs: %v", short(err))
+		}
+		for _, b := range page.Segment.BlobItems {
+			names = append(names, *b.Name)
+		}
+	}
+	return names
+}
+
+// blockCount returns how many blocks of key's blob are committed and how
+// many are staged but uncommitted.
+func blockCount(t *testing.T, s *Store, key string) (committed, uncommitted int) {
+	t.Helper()
+	resp, err := s.c.NewBlockBlobClient(key).GetBlockList(t.Context(), blockblob.BlockListTypeAll, nil)
+	if isNotFound(err) {
+		return 0, 0 // no block staged yet
+	}
+	if err != nil {
+		t.Fatalf("GetBlockList(%q): %v", key, short(err))
+	}
+	return len(resp.CommittedBlocks), len(resp.UncommittedBlocks)
+}
+
+// waitStaged waits (10 s at most) until key's blob has n uncommitted
+// blocks: the writer uploads them in the background.
+func waitStaged(t *testing.T, s *Store, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, staged := blockCount(t, s, key); staged < n; _, staged = blockCount(t, s, key) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d blocks staged 10s after writing %d full ones", staged, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestStagesWhileWriting checks that full blocks are uploaded while the
+// writer is still open, yet the entry stays invisible until Commit.
+func TestStagesWhileWriting(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	b := data(1, 5*cfg.BlockSize+100)
+	key := cachestore.BlobKey(digest.FromBytes(b))
+	w, err := s.Create(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Cancel()
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, s, key, 5)
+	wantGone(t, s, key)
+	if got := listBlobs(t, s, false); len(got) != 0 {
+		t.Errorf("blobs listed before Commit: %q, want none", got)
+	}
+	if err := w.Commit(t.Context(), digest.FromBytes(b)); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if committed, uncommitted := blockCount(t, s, key); committed != 6 || uncommitted != 0 {
+		t.Errorf("after Commit: %d blocks committed, %d not; want 6 and 0", committed, uncommitted)
+	}
+	wantData(t, s, key, b)
+}
+
+// TestDigestMismatchLeavesNothing commits entries under a wrong digest,
+// both one put whole and one staged as blocks: nothing is listed.
+func TestDigestMismatchLeavesNothing(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{100, 300 << 10} {
+		for _, key := range []string{cachestore.BlobKey(digest.FromString("other")), cachestore.TagKey("abc")} {
+			t.Run(itoa(size)+" "+key, func(t *testing.T) {
+				t.Parallel()
+				s := newStore(t, testConfig(t))
+				w, err := s.Create(t.Context(), key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.Write(data(2, size)); err != nil {
+					t.Fatal(err)
+				}
+				if err := w.Commit(t.Context(), digest.FromString("other")); !errors.Is(err, cachestore.ErrDigestMismatch) {
+					t.Errorf("Commit = %v, want ErrDigestMismatch", err)
+				}
+				wantGone(t, s, key)
+				if got := listBlobs(t, s, false); len(got) != 0 {
+					t.Errorf("blobs listed after a failed Commit: %q, want none", got)
+				}
+			})
+		}
+	}
+}
+
+// TestCancelLeavesNothing cancels a writer that staged blocks. Its blocks
+// stay in Azure, uncommitted: invisible to Stat, Open and listings, and
+// harmless to the next writer of the key.
+func TestCancelLeavesNothing(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	b := data(3, 3*cfg.BlockSize+5)
+	key := cachestore.BlobKey(digest.FromBytes(b))
+	w, err := s.Create(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(b[:len(b)-5]); err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, s, key, 3)
+	if err := w.Cancel(); err != nil {
+		t.Fatalf("Cancel = %v, want nil", err)
+	}
+	wantGone(t, s, key)
+	if got := listBlobs(t, s, false); len(got) != 0 {
+		t.Errorf("blobs listed after Cancel: %q, want none", got)
+	}
+	// Only a listing that asks for uncommitted blobs shows the blocks.
+	if got := listBlobs(t, s, true); !slices.Equal(got, []string{key}) {
+		t.Errorf("listing with uncommitted blobs = %q, want %q", got, key)
+	}
+
+	put(t, s, key, b)
+	wantData(t, s, key, b)
+	if committed, uncommitted := blockCount(t, s, key); committed != 4 || uncommitted != 0 {
+		t.Errorf("after a later Commit: %d blocks committed, %d not; want 4 and 0", committed, uncommitted)
+	}
+}
+
+// TestCreateContextEnds ends the context given to Create while the writer
+// stages blocks: the writer fails and nothing is visible.
+func TestCreateContextEnds(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	b := data(4, 4*cfg.BlockSize)
+	key := cachestore.BlobKey(digest.FromBytes(b))
+	ctx, cancel := context.WithCancel(t.Context())
+	w, err := s.Create(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Cancel()
+	if _, err := w.Write(b[:2*cfg.BlockSize]); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	_, werr := w.Write(b[2*cfg.BlockSize:])
+	cerr := w.Commit(t.Context(), digest.FromBytes(b))
+	if werr == nil && cerr == nil {
+		t.Error("Write and Commit after Create's context ended both succeeded, want an error")
+	}
+	wantGone(t, s, key)
+}
+
+// TestStagingFails removes the container under a writer: its uploads fail,
+// and so do Write or Commit.
+func TestStagingFails(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	b := data(5, 6*cfg.BlockSize)
+	key := cachestore.BlobKey(digest.FromBytes(b))
+	w, err := s.Create(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Cancel()
+	if _, err := s.c.Delete(t.Context(), nil); err != nil {
+		t.Fatalf("delete container: %v", short(err))
+	}
+	_, werr := w.Write(b)
+	cerr := w.Commit(t.Context(), digest.FromBytes(b))
+	for _, err := range []error{werr, cerr} {
+		// Write may return before an upload fails; Commit cannot.
+		if err != nil || werr == nil {
+			wantOneLine(t, err, "stage block", "HTTP 404 ContainerNotFound")
+		}
+	}
+}
+
+// TestLargeRecordOverwrite overwrites a record that spans several blocks:
+// records are committed without a condition, and the last write wins.
+func TestLargeRecordOverwrite(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	key := cachestore.TagKey("1a2b")
+	for i := range 3 {
+		b := data(byte(6+i), 3*cfg.BlockSize-i)
+		put(t, s, key, b)
+		wantData(t, s, key, b)
+	}
+	if got := listBlobs(t, s, true); !slices.Equal(got, []string{key}) {
+		t.Errorf("listing = %q, want %q", got, key)
+	}
+}
+
+// TestOtherAlgorithms commits entries under sha512 digests: a content key
+// names its algorithm, which the writer hashes while writing; a record can
+// be verified under another algorithm only while it fits in one block.
+func TestOtherAlgorithms(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	big := data(9, 3*cfg.BlockSize+1)
+	d := digest.SHA512.FromBytes(big)
+	commit := func(key string, b []byte, d digest.Digest) error {
+		w, err := s.Create(t.Context(), key)
+		if err != nil {
+			return err
+		}
+		defer w.Cancel()
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		return w.Commit(t.Context(), d)
+	}
+	if err := commit(cachestore.BlobKey(d), big, d); err != nil {
+		t.Errorf("sha512 blob of %d bytes: %v", len(big), err)
+	}
+	wantData(t, s, cachestore.BlobKey(d), big)
+	if err := commit(cachestore.TagKey("5e"), big, d); err == nil {
+		t.Errorf("sha512 record of %d bytes: Commit = nil, want an error (cannot verify)", len(big))
+	}
+	small := big[:100]
+	if err := commit(cachestore.TagKey("5e"), small, digest.SHA512.FromBytes(small)); err != nil {
+		t.Errorf("sha512 record of 100 bytes: %v", err)
+	}
+}
+
+// TestCommitOverUncommittedBlocks commits a small entry under a key whose
+// blob holds uncommitted blocks of a failed, larger writer (a broken
+// upstream sent too many bytes).
+func TestCommitOverUncommittedBlocks(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	b := data(16, 1000)
+	d := digest.FromBytes(b)
+	key := cachestore.BlobKey(d)
+	w, err := s.Create(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data(17, 3*cfg.BlockSize)); err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, s, key, 3)
+	if err := w.Commit(t.Context(), d); !errors.Is(err, cachestore.ErrDigestMismatch) {
+		t.Fatalf("Commit of the wrong bytes = %v, want ErrDigestMismatch", err)
+	}
+	put(t, s, key, b)
+	wantData(t, s, key, b)
+}

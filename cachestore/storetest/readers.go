@@ -1,0 +1,181 @@
+package storetest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regproxy/regproxy/cachestore"
+)
+
+// open opens key, failing the test on error, and closes it at the end.
+func open(t *testing.T, s cachestore.Store, key string) cachestore.Reader {
+	t.Helper()
+	r, err := s.Open(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", key, err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// testReadPastEnd reads at and past the end of an entry, as a Range request
+// beyond the size of a blob would, and of an empty entry.
+func testReadPastEnd(t *testing.T, s cachestore.Store) {
+	data := content(12, 5000)
+	key := cachestore.BlobKey(digest.FromBytes(data))
+	put(t, s, key, data)
+	r := open(t, s, key)
+	buf := make([]byte, 100)
+	for _, off := range []int64{5000, 5001, 1 << 40} {
+		if n, err := r.ReadAt(buf, off); n != 0 || !errors.Is(err, io.EOF) {
+			t.Errorf("ReadAt(100 bytes, %d) of 5000 bytes = %d, %v; want 0, io.EOF", off, n, err)
+		}
+	}
+	if pos, err := r.Seek(6000, io.SeekStart); pos != 6000 || err != nil {
+		t.Fatalf("Seek(6000, io.SeekStart) = %d, %v; want 6000, nil", pos, err)
+	}
+	if n, err := r.Read(buf); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("Read past the end = %d, %v; want 0, io.EOF", n, err)
+	}
+	if _, err := r.Seek(-1, io.SeekStart); err == nil {
+		t.Error("Seek(-1, io.SeekStart) = nil error, want an error")
+	}
+	// The reader still works from a valid position, up to the end.
+	if _, err := r.Seek(-10, io.SeekEnd); err != nil {
+		t.Fatalf("Seek(-10, io.SeekEnd): %v", err)
+	}
+	if got, err := io.ReadAll(r); !bytes.Equal(got, data[4990:]) || err != nil {
+		t.Errorf("ReadAll of the last 10 bytes = %x, %v; want %x, nil", got, err, data[4990:])
+	}
+
+	empty := cachestore.BlobKey(digest.FromBytes(nil))
+	put(t, s, empty, nil)
+	r = open(t, s, empty)
+	if r.Size() != 0 {
+		t.Errorf("empty entry: Size = %d, want 0", r.Size())
+	}
+	if n, err := r.Read(buf); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("empty entry: Read = %d, %v; want 0, io.EOF", n, err)
+	}
+	if n, err := r.ReadAt(buf, 0); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("empty entry: ReadAt(100 bytes, 0) = %d, %v; want 0, io.EOF", n, err)
+	}
+}
+
+// testStopEarly closes readers that read only part of an entry, as a client
+// that disconnects mid-blob does. The store must stay usable, and the
+// backend's TestMain checks with goleak that nothing is left running.
+func testStopEarly(t *testing.T, s cachestore.Store) {
+	data := content(13, 1<<20+5)
+	key := cachestore.BlobKey(digest.FromBytes(data))
+	put(t, s, key, data)
+	stops := []struct {
+		name string
+		read func(r cachestore.Reader) (got, want []byte, err error)
+	}{
+		{"nothing read", func(cachestore.Reader) ([]byte, []byte, error) { return nil, nil, nil }},
+		{"one byte", readFirst(1, data)},
+		{"100000 bytes", readFirst(100000, data)},
+		{"all but one byte", readFirst(len(data)-1, data)},
+		{"after a seek", func(r cachestore.Reader) ([]byte, []byte, error) {
+			if _, err := r.Seek(700000, io.SeekStart); err != nil {
+				return nil, nil, err
+			}
+			got := make([]byte, 5000)
+			_, err := io.ReadFull(r, got)
+			return got, data[700000:705000], err
+		}},
+		{"ReadAt only", func(r cachestore.Reader) ([]byte, []byte, error) {
+			got := make([]byte, 5000)
+			_, err := r.ReadAt(got, 300000)
+			return got, data[300000:305000], err
+		}},
+	}
+	for _, st := range stops {
+		t.Run(st.name, func(t *testing.T) {
+			r, err := s.Open(t.Context(), key)
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			got, want, err := st.read(r)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("read %d bytes: %v, or they differ from the data", len(want), err)
+			}
+			if err := r.Close(); err != nil {
+				t.Errorf("Close = %v, want nil", err)
+			}
+		})
+	}
+	wantContent(t, s, key, data)
+}
+
+// readFirst reads the first n bytes of data's entry.
+func readFirst(n int, data []byte) func(r cachestore.Reader) ([]byte, []byte, error) {
+	return func(r cachestore.Reader) ([]byte, []byte, error) {
+		got := make([]byte, n)
+		_, err := io.ReadFull(r, got)
+		return got, data[:n], err
+	}
+}
+
+// testMediaType stores entries with and without media types, for stores
+// whose writers are TypedWriters.
+func testMediaType(t *testing.T, s cachestore.Store) {
+	w, err := s.Create(t.Context(), cachestore.TagKey("probe"))
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	w.Cancel()
+	if _, ok := w.(cachestore.TypedWriter); !ok {
+		t.Skip("store's writers are not TypedWriters")
+	}
+	data := content(14, 700)
+	d := digest.FromBytes(data)
+	tag := cachestore.TagKey("7a9")
+	steps := []struct {
+		key, mediaType string
+	}{
+		{cachestore.ManifestKey(d), "application/vnd.oci.image.manifest.v1+json"},
+		{cachestore.BlobKey(d), ""},
+		{tag, "application/vnd.docker.distribution.manifest.list.v2+json"},
+		// A record overwritten takes the new type, or none.
+		{tag, "application/vnd.oci.image.index.v1+json"},
+		{tag, ""},
+	}
+	for i, st := range steps {
+		t.Run(fmt.Sprint(i, st.key, st.mediaType), func(t *testing.T) {
+			putTyped(t, s, st.key, data, "text/plain", st.mediaType)
+			r := open(t, s, st.key)
+			tr, ok := r.(cachestore.TypedReader)
+			if !ok {
+				t.Fatalf("reader %T is not a TypedReader, though the writer is a TypedWriter", r)
+			}
+			if got := tr.MediaType(); got != st.mediaType {
+				t.Errorf("MediaType = %q, want %q", got, st.mediaType)
+			}
+		})
+	}
+}
+
+// putTyped stores data under key, setting each media type in turn: the
+// last one must win.
+func putTyped(t *testing.T, s cachestore.Store, key string, data []byte, mediaTypes ...string) {
+	t.Helper()
+	w, err := s.Create(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Create(%q): %v", key, err)
+	}
+	defer w.Cancel()
+	for _, mt := range mediaTypes {
+		w.(cachestore.TypedWriter).SetMediaType(mt)
+	}
+	writeChunks(t, w, data)
+	if err := w.Commit(t.Context(), digest.FromBytes(data)); err != nil {
+		t.Fatalf("Commit(%q): %v", key, err)
+	}
+}
