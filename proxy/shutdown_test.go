@@ -65,8 +65,10 @@ func serveProxy(t *testing.T) *servedProxy {
 }
 
 // stalledBlob is a Fault that sends the first n bytes of want and then
-// nothing until the proxy hangs up.
-func stalledBlob(want []byte, n int) testupstream.Fault {
+// nothing until the proxy hangs up or the test ends.
+func stalledBlob(t *testing.T, want []byte, n int) testupstream.Fault {
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
 	return func(w http.ResponseWriter, r *http.Request) bool {
 		if testupstream.Kind(r) != "GET blob" {
 			return false
@@ -74,7 +76,10 @@ func stalledBlob(want []byte, n int) testupstream.Fault {
 		w.Header().Set("Content-Length", fmt.Sprint(len(want)))
 		w.Write(want[:n])
 		w.(http.Flusher).Flush()
-		<-r.Context().Done()
+		select {
+		case <-r.Context().Done():
+		case <-done:
+		}
 		return true
 	}
 }
@@ -133,7 +138,7 @@ func TestCloseCutsShutdownShort(t *testing.T) {
 	t.Parallel()
 	s := serveProxy(t)
 	d, want := oneLayer(t, s.env, 256<<10)
-	s.up.SetFault(stalledBlob(want, 64<<10))
+	s.up.SetFault(stalledBlob(t, want, 64<<10))
 	resp := startSlowFill(t, s.env, "/v2/r/blobs/"+d.String())
 	io.ReadFull(resp.Body, make([]byte, 1024))
 
