@@ -77,9 +77,22 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) err
 		writeManifest(w, r, m)
 		return nil
 	case m == nil && r.Method == http.MethodGet:
+		p.learnOpenness(r, rp, c)
 		return p.fetchManifest(w, r, rp, nil)
 	}
 	return p.revalidate(w, r, rp, q, m)
+}
+
+// learnOpenness asks upstream, as regproxy's probe, whether c's repository
+// is open, when a client with credentials fetches a tag and regproxy does
+// not know. Otherwise a client that GETs tags first (podman, skopeo,
+// crane) would leave the repository's openness unknown, and a later
+// outage would keep its cached copies even from clients of a public
+// repository. One HEAD per repository per openTTL.
+func (p *Proxy) learnOpenness(r *http.Request, rp regPath, c client) {
+	if c.hasCred && !p.access.opennessKnown(c.repo) {
+		p.checkUpstream(r, rp, c.anonymous(), p.probe)
+	}
 }
 
 // fresh reports whether a tag record may be served without asking

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -29,11 +30,14 @@ const craneTimeout = 2 * time.Minute
 // TestCranePull pulls the image and the multi-arch index with
 // go-containerregistry in-process, reading every blob through regproxy.
 // The first pull fetches each blob upstream exactly once; a second pull
-// with a fresh client (crane keeps no local store) fetches none, and its
-// tag lookups are answered within --manifest-ttl.
+// with a fresh client (crane keeps no local store) fetches none, and gets
+// no manifest upstream. Then, during a registry outage and past
+// --manifest-ttl, a third pull gets the same images from the cache, and a
+// pull of an image that is not cached fails.
 func TestCranePull(t *testing.T) {
 	t.Parallel()
-	s := newHubSetup(t)
+	s := newHubSetup(t, outageFlags...)
+	uncached := s.pushUncached(t)
 
 	blobs := cranePullAll(t, s)
 	if got := s.up.Count("GET blob"); got != int64(blobs) {
@@ -41,10 +45,30 @@ func TestCranePull(t *testing.T) {
 	}
 	before, manifests := s.BlobFetches(), s.up.Count("GET manifest")
 	cranePullAll(t, s)
+	expires := time.Now().Add(outageTTL) // the second pull may revalidate tags
 	s.AssertNoBlobFetchesSince(t, before, "second crane pull")
 	if got := s.up.Count("GET manifest"); got != manifests {
 		t.Errorf("second pull: %d manifest GETs upstream, want still %d", got, manifests)
 	}
+
+	o := s.beginOutage(t, expires)
+	if got := cranePullAll(t, s); got != blobs {
+		t.Errorf("pull during the outage read %d blobs, want %d as before", got, blobs)
+	}
+	s.AssertPulledDuringOutage(t, o, "crane pull during the outage", true, s.Image, s.Index)
+
+	ctx, cancel := context.WithTimeout(t.Context(), craneTimeout)
+	defer cancel()
+	_, err := crane.Pull(uncached.Ref(s), crane.WithTransport(craneTransport(t, s)),
+		crane.WithAuth(authn.Anonymous), crane.WithContext(ctx), craneNoRetry)
+	// The client's side of the miss: a 5xx whose body is an OCI error
+	// (upstream's own 503, which regproxy relays; 502 if it were
+	// unreachable).
+	var terr *transport.Error
+	if !errors.As(err, &terr) || terr.StatusCode < http.StatusInternalServerError || len(terr.Errors) == 0 {
+		t.Errorf("crane pull %s, which is not cached, during the outage: %v; want a 5xx with an OCI error body", uncached.Ref(s), err)
+	}
+	s.AssertMissFailedDuringOutage(t, o, "crane pull of an uncached image during the outage", uncached)
 }
 
 // cranePullAll pulls s.Image and every instance of s.Index with a new
@@ -58,6 +82,7 @@ func cranePullAll(t *testing.T, s *hubSetup) int {
 		crane.WithTransport(craneTransport(t, s)),
 		crane.WithAuth(authn.Anonymous),
 		crane.WithContext(ctx),
+		craneNoRetry,
 	}
 	seen := map[v1.Hash]bool{}
 	img, err := crane.Pull(s.Image.Ref(s), opts...)
@@ -92,6 +117,13 @@ func cranePullAll(t *testing.T, s *hubSetup) int {
 		checkCraneImage(t, child, desc.Digest.String(), seen)
 	}
 	return len(seen)
+}
+
+// craneNoRetry makes go-containerregistry give up at the first failure,
+// as skopeo's --retry-times 0 does: it would retry a 503 twice, waiting
+// 1 s and 3 s, which an outage only makes slower to fail.
+func craneNoRetry(o *crane.Options) {
+	o.Remote = append(o.Remote, remote.WithRetryBackoff(remote.Backoff{Steps: 1}))
 }
 
 // craneTransport is what a node's Go client would use: regproxy as the

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,31 +33,70 @@ const curlAccept = "application/vnd.docker.distribution.manifest.v2+json, applic
 //  4. each blob is fetched with -L, and regproxy, which follows the CDN
 //     redirect itself, answers 200 directly.
 //
-// Every body is checked against its digest. Fetching the blobs again must
-// not reach upstream.
+// Every body is checked against its digest. Each image is pulled twice,
+// as enroot on two nodes would, each with a token of its own: the second
+// pull must fetch no blob upstream. Last, both images are pulled again
+// during a registry outage, past --manifest-ttl (see outagePull).
+//
+// The second pull is what lets the outage pull through: a client that
+// sends no token gets a stale copy only from a repository regproxy found
+// open, and the first pull never makes it ask (its one token is accepted
+// upstream with the manifest, and that grant then admits every blob). The
+// second pull's new token is unknown to regproxy, which then asks upstream
+// without credentials and finds the repository open.
 func TestCurlPull(t *testing.T) {
 	t.Parallel()
-	s := newHubSetup(t)
+	s := newHubSetup(t, outageFlags...)
 	c := newCurl(t, s)
 	for _, tc := range []struct {
 		img   hubImage
 		blobs int // config and layers of the (linux/amd64) image
 	}{{s.Image, 4}, {s.Index, 3}} {
 		img := tc.img
-		c.ping(t, s)
-		token := c.token(t, s, img)
-		blobs := c.manifest(t, s, img, token, img.Tag, img.Digest)
-		if len(blobs) != tc.blobs {
-			t.Errorf("%s: %d blobs, want %d", img.Repo, len(blobs), tc.blobs)
+		for pull := range 2 {
+			before := s.BlobFetches()
+			c.ping(t, s)
+			token := c.token(t, s, img)
+			blobs := c.manifest(t, s, img, token, img.Tag, img.Digest)
+			if len(blobs) != tc.blobs {
+				t.Errorf("%s: %d blobs, want %d", img.Repo, len(blobs), tc.blobs)
+			}
+			for _, b := range blobs {
+				c.blob(t, s, img, token, b)
+			}
+			if pull == 1 {
+				s.AssertNoBlobFetchesSince(t, before, "second curl pull of "+img.Repo)
+			}
 		}
-		for _, b := range blobs {
-			c.blob(t, s, img, token, b)
-		}
-		before := s.BlobFetches()
-		for _, b := range blobs {
-			c.blob(t, s, img, token, b)
-		}
-		s.AssertNoBlobFetchesSince(t, before, "second curl pull of "+img.Repo)
+	}
+
+	o := s.beginOutage(t, time.Now().Add(outageTTL))
+	for _, img := range []hubImage{s.Image, s.Index} {
+		c.outagePull(t, s, img)
+	}
+	s.AssertPulledDuringOutage(t, o, "curl pull during the outage", true, s.Image, s.Index)
+}
+
+// outagePull pulls img the same way during an outage, when the token
+// server answers 503 too. regproxy answers the ping itself (200, no
+// challenge), and the HEAD of the manifest, which enroot sends first
+// without a token, gets the cached manifest's headers and no challenge:
+// enroot then asks for no token ("Permission granted") and fetches the
+// manifest and the blobs without one.
+func (c *curl) outagePull(t *testing.T, s *hubSetup, img hubImage) {
+	t.Helper()
+	code := c.run(t, "GET /v2/ during the outage", "-o", c.file("ping.body"), "-D", c.file("ping.headers"),
+		"-w", "%{http_code}", "https://"+s.up.Host+"/v2/")
+	if ch := curlHasChallenge(t, c.file("ping.headers")); code != "200" || ch {
+		t.Fatalf("GET /v2/ during the outage: %s, challenge %v; want 200 and none (regproxy answers it)", code, ch)
+	}
+	code = c.run(t, "HEAD manifest during the outage", "-I", "-o", c.file("head.headers"), "-w", "%{http_code}",
+		"-H", "Accept: "+curlAccept, "https://"+s.up.Host+"/v2/"+img.Repo+"/manifests/"+img.Tag)
+	if ch := curlHasChallenge(t, c.file("head.headers")); code != "200" || ch {
+		t.Fatalf("HEAD %s:%s during the outage: %s, challenge %v; want 200 and none", img.Repo, img.Tag, code, ch)
+	}
+	for _, b := range c.manifest(t, s, img, "", img.Tag, img.Digest) {
+		c.blob(t, s, img, "", b)
 	}
 }
 
@@ -178,15 +218,40 @@ func curlChallenge(t *testing.T, headerFile string) map[string]string {
 	return nil
 }
 
-// manifest runs step 3: it GETs img's manifest at ref, checks it against
-// want (a digest), and returns the blobs it names. A list or index is
-// resolved to its linux/amd64 instance, as enroot does.
+// bearer returns the arguments that make curl send token, none for ""
+// (a pull that needs no token).
+func bearer(token string) []string {
+	if token == "" {
+		return nil
+	}
+	return []string{"-H", "Authorization: Bearer " + token}
+}
+
+// curlHasChallenge reports whether a header dump holds a WWW-Authenticate
+// header, which is what enroot looks for.
+func curlHasChallenge(t *testing.T, headerFile string) bool {
+	t.Helper()
+	b, err := os.ReadFile(headerFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, _, ok := strings.Cut(line, ":"); ok && strings.EqualFold(strings.TrimSpace(name), "WWW-Authenticate") {
+			return true
+		}
+	}
+	return false
+}
+
+// manifest runs step 3: it GETs img's manifest at ref with token (none if
+// ""), checks it against want (a digest), and returns the blobs it names.
+// A list or index is resolved to its linux/amd64 instance, as enroot does.
 func (c *curl) manifest(t *testing.T, s *hubSetup, img hubImage, token, ref, want string) []string {
 	t.Helper()
 	file := c.file("manifest.json")
-	c.run(t, "GET manifest "+ref, "-f", "-o", file, "-D", c.file("manifest.headers"),
-		"-H", "Authorization: Bearer "+token, "-H", "Accept: "+curlAccept,
-		"https://"+s.up.Host+"/v2/"+img.Repo+"/manifests/"+url.PathEscape(ref))
+	c.run(t, "GET manifest "+ref, slices.Concat([]string{"-f", "-o", file, "-D", c.file("manifest.headers")},
+		bearer(token), []string{"-H", "Accept: " + curlAccept,
+			"https://" + s.up.Host + "/v2/" + img.Repo + "/manifests/" + url.PathEscape(ref)})...)
 	body := readChecked(t, file, want)
 	var m struct {
 		MediaType string
@@ -215,14 +280,13 @@ func (c *curl) manifest(t *testing.T, s *hubSetup, img hubImage, token, ref, wan
 	return blobs
 }
 
-// blob runs step 4 for one blob: 200 with no redirect seen by curl, and
-// the digest checked.
+// blob runs step 4 for one blob, with token (none if ""): 200 with no
+// redirect seen by curl, and the digest checked.
 func (c *curl) blob(t *testing.T, s *hubSetup, img hubImage, token, digest string) {
 	t.Helper()
 	file := c.file("blob")
-	got := c.run(t, "GET blob "+digest, "-f", "-L", "-o", file, "-w", "%{http_code} %{num_redirects}",
-		"-H", "Authorization: Bearer "+token,
-		"https://"+s.up.Host+"/v2/"+img.Repo+"/blobs/"+digest)
+	got := c.run(t, "GET blob "+digest, slices.Concat([]string{"-f", "-L", "-o", file, "-w", "%{http_code} %{num_redirects}"},
+		bearer(token), []string{"https://" + s.up.Host + "/v2/" + img.Repo + "/blobs/" + digest})...)
 	if got != "200 0" {
 		t.Errorf("GET blob %s: status and redirects %q, want \"200 0\" (regproxy follows the CDN redirect)", digest, got)
 	}

@@ -24,21 +24,29 @@ const (
 	dockerCmdTimeout    = 30 * time.Second // any other docker command
 )
 
+// dockerdTTL is the --manifest-ttl of the dockerd test. Its second pull,
+// some 0.4 s after the first here, must find every tag record fresh (it
+// asserts that no manifest request goes upstream, not even a HEAD), and
+// its pull during the outage waits it out.
+const dockerdTTL = 2 * time.Second
+
 // TestDockerdPull pulls an image and a multi-arch index with a real dockerd
 // whose only proxy settings are those of a systemd drop-in. Then it empties
 // dockerd's store and pulls both again: the second pull must be served by
 // regproxy's cache, which the upstream's blob and manifest counters prove
-// (dockerd HEADs each tag, then GETs by digest).
+// (dockerd HEADs each tag, then GETs by digest). Last, it empties the store
+// once more and pulls both during a registry outage, past --manifest-ttl.
 func TestDockerdPull(t *testing.T) {
 	t.Parallel()
 	bin, cli := lookDocker(t)
-	s := newHubSetup(t)
+	s := newHubSetup(t, "--manifest-ttl", dockerdTTL.String())
 	dk := startDockerd(t, bin, cli, s.ProxyEnv())
 	images := []hubImage{s.Image, s.Index}
 
 	for _, img := range images {
 		dk.pull(t, s, img)
 	}
+	expires := time.Now().Add(dockerdTTL) // the second pull asks upstream nothing
 	before, manifests := s.BlobFetches(), s.ManifestRequests()
 	if before == 0 {
 		t.Fatal("first pull: no blob fetches upstream; the second pull would prove nothing")
@@ -58,6 +66,15 @@ func TestDockerdPull(t *testing.T) {
 	}) {
 		t.Error(`dockerd second pull: no "outcome":"HIT" GET by digest in regproxy's log`)
 	}
+
+	dk.removeAll(t, s, images)
+	o := s.beginOutage(t, expires)
+	for _, img := range images {
+		if out := dk.pull(t, s, img); strings.Contains(out, "Already exists") {
+			t.Errorf("pull of %s during the outage reused local layers after removeAll:\n%s", img.Ref(s), out)
+		}
+	}
+	s.AssertPulledDuringOutage(t, o, "dockerd pull during the outage", true, images...)
 }
 
 // dockerd is a private docker daemon: its own data root, exec root,

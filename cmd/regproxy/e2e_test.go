@@ -197,6 +197,8 @@ type logEntry struct {
 	Version string `json:"version"`
 	Method  string `json:"method"`
 	Host    string `json:"host"`
+	Kind    string `json:"kind"`
+	Repo    string `json:"repo"`
 	Ref     string `json:"ref"`
 	Outcome string `json:"outcome"`
 	Status  int    `json:"status"`

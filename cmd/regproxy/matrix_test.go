@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/regproxy/regproxy/internal/testupstream"
 )
@@ -145,5 +146,114 @@ func (s *hubSetup) AssertNoManifestRequestsSince(t *testing.T, before int64, wha
 	if got := s.ManifestRequests(); got != before {
 		t.Errorf("%s: %d manifest requests upstream (GET %d, HEAD %d in all); want none within --manifest-ttl",
 			what, got-before, s.up.Count("GET manifest"), s.up.Count("HEAD manifest"))
+	}
+}
+
+// outageTTL is the --manifest-ttl of the setups whose tests end with pulls
+// during an outage (see beginOutage), which wait it out.
+const outageTTL = time.Second
+
+// outageFlags are the regproxy flags of such a setup.
+var outageFlags = []string{"--manifest-ttl", outageTTL.String()}
+
+// outage is a registry outage begun by beginOutage.
+type outage struct {
+	skip  int   // regproxy's log lines before it began
+	blobs int64 // BlobFetches then
+}
+
+// beginOutage puts the upstream into an outage until the test ends: every
+// request to every hub host (registry, token server and CDN), the /v2/
+// ping included, is answered 503 with an OCI error body, as a registry
+// outage does. The requests it refuses still count. Then it waits until
+// expired, a time by which every tag record regproxy holds is past
+// --manifest-ttl: the TTL after the last pull that may have validated one
+// (a pull that gets a tag REVALIDATED writes its record again).
+func (s *hubSetup) beginOutage(t *testing.T, expired time.Time) outage {
+	t.Helper()
+	s.up.SetFault(testupstream.FailWith(http.StatusServiceUnavailable))
+	// regproxy compares strictly, on its own reading of the clock: a few
+	// milliseconds more make the record expired whatever the rounding.
+	if wait := time.Until(expired.Add(50 * time.Millisecond)); wait > 0 {
+		time.Sleep(wait)
+	}
+	return outage{skip: s.d.lines(), blobs: s.BlobFetches()}
+}
+
+// pushUncached pushes a public image that no client of the test pulls
+// before the outage: during it, regproxy has nothing to serve for it.
+func (s *hubSetup) pushUncached(t *testing.T) hubImage {
+	t.Helper()
+	blobs := s.BlobFetches()
+	img := pushImage(t, s.up, "public/uncached", "v1")
+	if s.BlobFetches() != blobs {
+		t.Fatal("pushing an image counted blob fetches") // the counts would mean nothing
+	}
+	return img
+}
+
+// isRequest reports whether e is an access-log line for a request to the
+// registry: regproxy's own lines and those for auth.test and cdn.test are
+// not.
+func (s *hubSetup) isRequest(e logEntry) bool {
+	return e.Msg == "request" && e.Host == s.up.Host
+}
+
+// isTag reports whether e is the access-log line of a request for img's
+// manifest by its tag.
+func (s *hubSetup) isTag(e logEntry, img hubImage) bool {
+	return s.isRequest(e) && e.Kind == "manifest" && e.Repo == img.Repo && e.Ref == img.Tag
+}
+
+// AssertPulledDuringOutage checks what regproxy did for a pull of images
+// during o, which the caller saw succeed with the right digests: no blob
+// GET reached upstream, not even one the outage refused (it counts them
+// all); every request for a tag of images was answered 200 from the
+// expired record (STALE), at least one per image; and, when the client
+// pings, which every client but ctr does, each ping was answered by
+// regproxy itself (OFFLINE) and none was relayed.
+func (s *hubSetup) AssertPulledDuringOutage(t *testing.T, o outage, what string, pings bool, images ...hubImage) {
+	t.Helper()
+	s.AssertNoBlobFetchesSince(t, o.blobs, what)
+	for _, img := range images {
+		if !s.d.waitLogged(o.skip, func(e logEntry) bool {
+			return s.isTag(e, img) && e.Outcome == "STALE" && e.Status == http.StatusOK
+		}) {
+			t.Errorf(`%s: no "outcome":"STALE","status":200 line for %s:%s`, what, img.Repo, img.Tag)
+		}
+	}
+	if pings && !s.d.waitLogged(o.skip, func(e logEntry) bool {
+		return s.isRequest(e) && e.Kind == "ping" && e.Outcome == "OFFLINE" && e.Status == http.StatusOK
+	}) {
+		t.Errorf(`%s: no "outcome":"OFFLINE","status":200 line for the /v2/ ping`, what)
+	}
+	for _, e := range s.d.entries(o.skip) {
+		switch {
+		case !s.isRequest(e):
+		case e.Kind == "ping" && (e.Outcome != "OFFLINE" || e.Status != http.StatusOK):
+			t.Errorf("%s: the /v2/ ping was answered %s %d, want OFFLINE 200", what, e.Outcome, e.Status)
+		case e.Kind == "manifest":
+			for _, img := range images {
+				if s.isTag(e, img) && (e.Outcome != "STALE" || e.Status != http.StatusOK) {
+					t.Errorf("%s: %s %s:%s was answered %s %d, want STALE 200", what, e.Method, img.Repo, img.Tag, e.Outcome, e.Status)
+				}
+			}
+		}
+	}
+}
+
+// AssertMissFailedDuringOutage checks regproxy's side of a pull of img,
+// which nothing cached, during o, which the caller saw fail: no blob GET
+// reached upstream, and the tag got a 5xx, not a manifest.
+func (s *hubSetup) AssertMissFailedDuringOutage(t *testing.T, o outage, what string, img hubImage) {
+	t.Helper()
+	s.AssertNoBlobFetchesSince(t, o.blobs, what)
+	if !s.d.waitLogged(o.skip, func(e logEntry) bool { return s.isTag(e, img) }) {
+		t.Errorf("%s: no access-log line for %s:%s", what, img.Repo, img.Tag)
+	}
+	for _, e := range s.d.entries(o.skip) {
+		if s.isTag(e, img) && e.Status < http.StatusInternalServerError {
+			t.Errorf("%s: %s %s:%s was answered %s %d, want a 5xx", what, e.Method, img.Repo, img.Tag, e.Outcome, e.Status)
+		}
 	}
 }

@@ -20,10 +20,12 @@ const (
 // rootful podman, which pulls in its own process (no daemon) through
 // HTTPS_PROXY. After its image store is emptied, a second pull must be
 // served from regproxy's cache: no blob and no manifest GET upstream, and
-// a HIT for every digest the first pull missed.
+// a HIT for every digest the first pull missed. Last, the store is emptied
+// once more and both images are pulled during a registry outage, past
+// --manifest-ttl.
 func TestPodmanPull(t *testing.T) {
 	t.Parallel()
-	s := newHubSetup(t)
+	s := newHubSetup(t, outageFlags...)
 	p := newPodman(t, s)
 
 	p.pullAll(t, s)
@@ -31,11 +33,19 @@ func TestPodmanPull(t *testing.T) {
 	p.clear(t)
 	missed, skip := loggedMisses(s), s.d.lines()
 	p.pullAll(t, s)
+	// The second pull may have revalidated tags, which writes their
+	// records again.
+	expires := time.Now().Add(outageTTL)
 	s.AssertNoBlobFetchesSince(t, before, "podman second pull")
 	assertHitsSince(t, s, skip, missed, "podman second pull")
 	if got := s.up.Count("GET manifest") - manifests; got != 0 {
-		t.Errorf("podman second pull: %d manifest GETs upstream; want none within --manifest-ttl", got)
+		t.Errorf("podman second pull: %d manifest GETs upstream; want none (a tag past --manifest-ttl is revalidated with a HEAD)", got)
 	}
+
+	p.clear(t)
+	o := s.beginOutage(t, expires)
+	p.pullAll(t, s)
+	s.AssertPulledDuringOutage(t, o, "podman pull during the outage", true, s.Image, s.Index)
 }
 
 // podman runs podman in a sealed world under dir: its own storage (vfs,

@@ -9,19 +9,22 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/regproxy/regproxy/internal/testupstream"
 )
 
 // TestSkopeoHubAndConfiguredCredentials pulls from the Docker-Hub-like
-// upstream with an anonymous skopeo: public images as they are, and the
+// upstream with an anonymous skopeo: public images as they are, also
+// during a registry outage (but not an image the cache lacks), and the
 // private image only when regproxy is configured with the hub account, in
 // each of the three ways it can be.
 func TestSkopeoHubAndConfiguredCredentials(t *testing.T) {
 	t.Parallel()
 	t.Run("anonymous", func(t *testing.T) {
 		t.Parallel()
-		s := newHubSetup(t)
+		s := newHubSetup(t, outageFlags...)
+		uncached := s.pushUncached(t)
 		sk := newSkopeo(t)
 		sk.caFile = s.caFile
 		skopeoHubPull(t, s, sk, s.Image)
@@ -40,6 +43,26 @@ func TestSkopeoHubAndConfiguredCredentials(t *testing.T) {
 			t.Errorf("anonymous copy of the private image failed, but not for want of access:\n%s", out)
 		}
 		s.AssertNoBlobFetchesSince(t, blobs, "refused private pull")
+
+		// The copies above may have revalidated tags, which writes their
+		// records again.
+		o := s.beginOutage(t, time.Now().Add(outageTTL))
+		for _, tc := range []struct {
+			img   hubImage
+			flags []string
+		}{{s.Image, nil}, {s.Index, []string{"--all"}}} {
+			dir := t.TempDir()
+			if out, err := sk.hubCopy(t, s, tc.img.Ref(s), append(tc.flags, "dir:"+dir)...); err != nil {
+				t.Fatalf("skopeo copy %s during the outage: %v\n%s", tc.img.Ref(s), err, out)
+			}
+			checkDirDigest(t, dir, tc.img.Digest)
+		}
+		s.AssertPulledDuringOutage(t, o, "skopeo copy during the outage", true, s.Image, s.Index)
+
+		if out, err := sk.hubCopy(t, s, uncached.Ref(s)); err == nil {
+			t.Errorf("skopeo copy %s, which is not cached, succeeded during the outage:\n%s", uncached.Ref(s), out)
+		}
+		s.AssertMissFailedDuringOutage(t, o, "skopeo copy of an uncached image during the outage", uncached)
 	})
 
 	// AUTH_REGISTRIES names a host without a port ("host:user:password");
