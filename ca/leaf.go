@@ -84,6 +84,7 @@ func (c *CA) mintAndCache(host string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.minted.Add(1)
 	c.cache.Add(host, cert)
 	return cert, nil
 }

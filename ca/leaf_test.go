@@ -228,6 +228,29 @@ func TestLeafConcurrentMintsOnce(t *testing.T) {
 	}
 }
 
+// TestLeafMinted checks the counter behind regproxy_leaf_certificates_minted_total:
+// signatures, not cache hits.
+func TestLeafMinted(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	c := newTestCA(t, Options{Now: clk.Now})
+	for _, host := range []string{"a.test", "a.test", "b.test", "A.test"} {
+		if _, err := c.Leaf(host); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := c.Minted(); got != 2 {
+		t.Fatalf("Minted() = %d after leaves for a.test (3 times) and b.test; want 2", got)
+	}
+	clk.Add(8 * 24 * time.Hour) // past the leaves' expiry: a.test is minted again
+	if _, err := c.Leaf("a.test"); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Minted(); got != 3 {
+		t.Fatalf("Minted() = %d after a renewal; want 3", got)
+	}
+}
+
 func TestLeafBadHosts(t *testing.T) {
 	t.Parallel()
 	c := newTestCA(t, Options{})

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	// go-digest verifies sha384 and sha512 digests through crypto.Hash,
@@ -46,6 +47,10 @@ type Disk struct {
 	// which tests replace to see when commits sync, or to stop one there as
 	// a crash would.
 	fsync func(*os.File) error
+	// obs learns of commits and reads (see Observe); nil means none.
+	obs atomic.Pointer[observerBox]
+	// keys serializes a commit of a key with DeleteIf of that key.
+	keys keyLocks
 }
 
 var (
@@ -68,6 +73,11 @@ func NewDisk(root string) (*Disk, error) {
 	if err := sweep(spool); err != nil {
 		return nil, err
 	}
+	return newDisk(abs, spool), nil
+}
+
+// newDisk returns the Disk of an existing root and spool directory.
+func newDisk(abs, spool string) *Disk {
 	dv := diskv.New(diskv.Options{
 		BasePath:          abs,
 		TempDir:           spool,
@@ -77,7 +87,7 @@ func NewDisk(root string) (*Disk, error) {
 		PathPerm:          0o755,
 		FilePerm:          0o644,
 	})
-	return &Disk{root: abs, spool: spool, dv: dv, fsync: (*os.File).Sync}, nil
+	return &Disk{root: abs, spool: spool, dv: dv, fsync: (*os.File).Sync}
 }
 
 // sweep removes everything in dir.
@@ -199,6 +209,7 @@ func (d *Disk) Open(_ context.Context, key string) (Reader, error) {
 		f.Close()
 		return nil, statErr("open", key, err)
 	}
+	d.opened(key)
 	return fileReader{File: f, size: fi.Size()}, nil
 }
 
@@ -253,7 +264,7 @@ func (d *Disk) ImportFile(ctx context.Context, key, path string, size int64, dg 
 // An error from step 3 comes after the rename: the entry is visible and
 // whole, but may not survive a power cut.
 func (d *Disk) install(key, src string) error {
-	if err := d.dv.Import(src, key, true); err != nil {
+	if err := d.importFile(src, key); err != nil {
 		return fmt.Errorf("cachestore: commit %s: %w", key, err)
 	}
 	p, _ := d.path(key) // install's callers checked the key

@@ -7,11 +7,14 @@
 //
 // A fill streams upstream bytes into a local spool file that any number of
 // readers follow while it grows, verifies the digest, and only then commits
-// the file to a cachestore.Store. It belongs to no client: it runs under its
-// own context, bounded by a timeout, and outlives the requests that asked
-// for it. When the spool cannot take the bytes (a full disk, a file size
-// limit), the fill relays them to its readers through a bounded window in
-// memory instead, and commits nothing.
+// the file to a cachestore.Store: by a rename for a store that adopts files
+// (cachestore.FileImporter), else by committing a store Writer that it fed
+// from the file while the download ran, so that a remote store has little
+// left to upload once the digest verifies. It belongs to no client: it runs
+// under its own context, bounded by a timeout, and outlives the requests
+// that asked for it. When the spool cannot take the bytes (a full disk, a
+// file size limit), the fill relays them to its readers through a bounded
+// window in memory instead, and commits nothing.
 //
 // The package knows nothing of HTTP: the caller's Fetch makes the upstream
 // requests, and an answer that is not the blob comes back as a *Refused.
@@ -36,7 +39,9 @@ type Config struct {
 	Store cachestore.Store
 	// SpoolDir holds the files of fills in progress. Empty means the store's
 	// own SpoolDir when it is a cachestore.FileImporter (so committing is a
-	// rename), else os.TempDir().
+	// rename), else os.TempDir(). Into any other directory, or for any
+	// other store, a fill copies its bytes into a store Writer while it
+	// downloads, and commits that writer once the digest verifies.
 	SpoolDir string
 	// Timeout bounds a whole fill, resumes included. Zero means one hour.
 	Timeout time.Duration
@@ -56,17 +61,22 @@ type Config struct {
 	// Logger receives one line per failed fill, and per fill that could not
 	// spool. Nil means slog.Default().
 	Logger *slog.Logger
+	// Observer hears of every fill's start and end, for metrics. Nil means
+	// no one listens.
+	Observer Observer
 }
 
 // Group runs fills and coalesces requests for one digest onto one fill.
 type Group struct {
 	store      cachestore.Store
 	spoolDir   string
+	importer   cachestore.FileImporter // the store, if it adopts files from spoolDir by a rename; else nil
 	timeout    time.Duration
 	stall      time.Duration
 	maxResumes int
 	window     int
 	log        *slog.Logger
+	obs        Observer // nil: no one listens
 
 	ctx    context.Context // cancelled by Close; every fill stops with it
 	cancel context.CancelFunc
@@ -97,13 +107,15 @@ func New(cfg Config) *Group {
 		maxResumes: cfg.MaxResumes,
 		window:     orDefault(cfg.RelayWindow, defaultRelayWindow),
 		log:        cfg.Logger,
+		obs:        cfg.Observer,
 		fills:      make(map[digest.Digest]*Fill),
 	}
-	if g.spoolDir == "" {
+	imp, ok := cfg.Store.(cachestore.FileImporter)
+	switch {
+	case ok && (g.spoolDir == "" || g.spoolDir == imp.SpoolDir()):
+		g.spoolDir, g.importer = imp.SpoolDir(), imp
+	case g.spoolDir == "":
 		g.spoolDir = os.TempDir()
-		if imp, ok := cfg.Store.(cachestore.FileImporter); ok {
-			g.spoolDir = imp.SpoolDir()
-		}
 	}
 	if g.maxResumes == 0 {
 		g.maxResumes = defaultMaxResumes

@@ -21,7 +21,8 @@ import (
 //     more, through its relay window), resuming cuts from where they
 //     stopped, while readers follow.
 //  3. It verifies the digest, lets readers have the last byte, and commits
-//     the spool file to the store.
+//     the spool file to the store: by a rename where the store adopts
+//     files, else by committing the writer its stager fed all along.
 type Fill struct {
 	group  *Group
 	digest digest.Digest
@@ -29,8 +30,9 @@ type Fill struct {
 	cancel context.CancelFunc
 
 	// Set by the fill's goroutine before started, read-only afterwards.
-	size int64
-	file SpoolFile // shared by all readers through ReadAt; nil if none could be made
+	size   int64
+	file   SpoolFile // shared by all readers through ReadAt; nil if none could be made
+	stager *stager   // copies file to the store as it grows; nil when the store imports it
 
 	mu       sync.Mutex // protects the fields below
 	waiters  []*waiter  // callers waiting for a fetch to return the blob, in order
@@ -47,6 +49,7 @@ type Fill struct {
 	notify   chan struct{} // closed and replaced whenever received or done changes
 	progress chan struct{} // a reader advanced or left: a relay waiting for room looks again
 	refs     int           // the fill itself plus open readers; file closes at 0
+	joiners  int           // readers handed out as Joined, for the Observer
 }
 
 func newFill(g *Group, reqCtx context.Context, d digest.Digest) *Fill {
@@ -74,12 +77,16 @@ func (f *Fill) run() {
 		f.end(errInStore)
 		return
 	}
+	began := f.observeStart()
 	body, fetch, err := f.start()
 	if err != nil {
 		f.end(err)
+		f.observeEnd(began, err)
 		return
 	}
-	f.finish(f.stream(body, fetch))
+	err = f.stream(body, fetch)
+	f.finish(err)
+	f.observeEnd(began, err)
 }
 
 // inStore reports whether the blob was committed after all: a fill that
@@ -187,11 +194,6 @@ func (f *Fill) verifyAndCommit(h hash.Hash) error {
 		f.group.log.Warn("blob relayed without caching", "digest", f.digest, "size", n, "err", f.spoolErr)
 		return nil
 	}
-	// Flush to disk before the rename makes the blob visible: hits are not
-	// verified again, so a blob must never be visible before it is durable.
-	if err := f.file.Sync(); err != nil {
-		return fmt.Errorf("fill %s: sync spool file: %w", f.digest, err)
-	}
 	if err := f.commit(context.WithoutCancel(f.ctx), n); err != nil {
 		return fmt.Errorf("fill %s: commit: %w", f.digest, err)
 	}
@@ -205,37 +207,40 @@ func (f *Fill) markVerified() {
 	f.mu.Unlock()
 }
 
-// commit hands the verified spool file to the store: a rename where the
-// store can adopt files, else a copy through a store writer (which verifies
-// again on its own Commit), after which the spool file goes.
+// commit hands the verified blob to the store: the spool file itself where
+// the store adopts files (by a rename), else the writer the stager fed
+// while the fill ran, whose Commit checks the digest again; the spool file
+// then goes.
 //
 // Readers already have the verified bytes, so ctx must not be cancelled by
-// Close: a shutdown waits for the rename instead of throwing the blob away.
+// Close: a shutdown waits for the commit instead of throwing the blob away.
 func (f *Fill) commit(ctx context.Context, size int64) error {
-	key := cachestore.BlobKey(f.digest)
-	store := f.group.store
-	if imp, ok := store.(cachestore.FileImporter); ok && imp.SpoolDir() == f.group.spoolDir {
-		return imp.ImportFile(ctx, key, f.file.Name(), size, f.digest)
+	if f.group.importer == nil {
+		defer os.Remove(f.file.Name())
+		return f.stager.commit(ctx)
 	}
-	defer os.Remove(f.file.Name())
-	w, err := store.Create(ctx, key)
-	if err != nil {
-		return err
+	// Flush to disk before the rename makes the blob visible: hits are not
+	// verified again, so a blob must never be visible before it is durable.
+	if err := f.file.Sync(); err != nil {
+		return fmt.Errorf("sync spool file: %w", err)
 	}
-	defer w.Cancel()
-	if _, err := io.Copy(w, io.NewSectionReader(f.file, 0, size)); err != nil {
-		return err
-	}
-	return w.Commit(ctx, f.digest)
+	return f.group.importer.ImportFile(ctx, cachestore.BlobKey(f.digest), f.file.Name(), size, f.digest)
 }
 
-// finish records the outcome, wakes every reader and drops the fill's own
-// reference. On failure the fill is forgotten first, so that no new request
+// finish stops the stager, records the outcome, wakes every reader and
+// drops the fill's own reference. On failure the fill is forgotten first, so that no new request
 // joins a dead fill, and the spool file is removed.
 func (f *Fill) finish(err error) {
+	if f.stager != nil {
+		f.stager.stop()
+	}
 	if err != nil {
 		f.group.forget(f)
-		f.group.log.Warn("blob fill failed", "digest", f.digest, "err", err)
+		if f.verified { // only the fill goroutine sets it
+			f.group.log.Warn("blob served but not cached", "digest", f.digest, "err", err)
+		} else {
+			f.group.log.Warn("blob fill failed", "digest", f.digest, "err", err)
+		}
 		if f.file != nil && f.spoolErr == nil {
 			os.Remove(f.file.Name())
 		}
@@ -261,6 +266,9 @@ func (f *Fill) wake() {
 // must hold its spool file: it is started, and has not let go of it.
 func (f *Fill) newBlob(ctx context.Context, src Source) *Blob {
 	f.refs++
+	if src == Joined {
+		f.joiners++
+	}
 	r := &Reader{fill: f, ctx: ctx}
 	f.readers[r] = struct{}{}
 	return &Blob{ReadSeekCloser: r, Size: f.size, Source: src}

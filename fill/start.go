@@ -98,8 +98,9 @@ func (f *Fill) joinable() bool {
 	return f.win == nil || f.win.lo <= f.spooled
 }
 
-// begin records the size, opens the spool file and hands every waiter a
-// reader: the one whose fetch got the blob leads, the others joined.
+// begin records the size, opens the spool file (and starts staging it,
+// for a store that does not import files) and hands every waiter a reader:
+// the one whose fetch got the blob leads, the others joined.
 func (f *Fill) begin(size int64, leader *waiter) {
 	f.size = size
 	file, err := f.createSpool()
@@ -110,6 +111,9 @@ func (f *Fill) begin(size int64, leader *waiter) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.started = true
+	if f.file != nil && f.group.importer == nil {
+		f.startStagerLocked()
+	}
 	if !leader.gone {
 		f.send(leader, result{b: f.newBlob(leader.ctx, Led)})
 	}

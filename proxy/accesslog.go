@@ -19,9 +19,11 @@ const (
 	outcomePass        = "PASS"        // passed through, not cacheable
 	outcomeOffline     = "OFFLINE"     // upstream unreachable or unhealthy; regproxy answered the /v2/ ping
 	outcomeError       = "ERROR"       // answered with an error by regproxy
-	outcomeLocal       = "LOCAL"       // a page of regproxy's own (/ca.crt, /healthz)
+	outcomeLocal       = "LOCAL"       // a page of regproxy's own (/ca.crt, /healthz, /metrics)
 	outcomeTunnel      = "TUNNEL"      // CONNECT tunnelled to a host that is not intercepted
 	outcomeDenied      = "DENIED"      // refused: credentials, policy, malformed CONNECT
+
+	abortedSuffix = "-ABORTED" // appended when a response is cut partway
 )
 
 // reqInfo is what a handler tells the access log about its request.
@@ -102,7 +104,7 @@ func (p *Proxy) accessLog(next http.Handler) http.Handler {
 		}
 		defer func() {
 			if v := recover(); v != nil {
-				info.outcome += "-ABORTED"
+				info.outcome += abortedSuffix
 				p.logEntry(r, line())
 				panic(v)
 			}
@@ -146,11 +148,12 @@ func (p *Proxy) logLine(r *http.Request, host, repo, ref, outcome string, status
 	p.logEntry(r, entry{host: host, repo: repo, ref: ref, outcome: outcome, status: status, bytes: bytes, duration: d})
 }
 
-// logEntry writes one access-log line. It never logs headers or query
-// strings, which may carry tokens. Under --htpasswd it names the user who
-// authenticated the CONNECT, but never a password. A line with an error
-// is a warning.
+// logEntry writes one access-log line, and counts the request in the
+// metrics. It never logs headers or query strings, which may carry tokens.
+// Under --htpasswd it names the user who authenticated the CONNECT, but
+// never a password. A line with an error is a warning.
 func (p *Proxy) logEntry(r *http.Request, e entry) {
+	p.count(e)
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("host", e.host),

@@ -21,12 +21,15 @@ import (
 
 	"github.com/regproxy/regproxy/ca"
 	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/internal/azuritetest"
 	"github.com/regproxy/regproxy/internal/testupstream"
 	"github.com/regproxy/regproxy/proxy"
 	"github.com/regproxy/regproxy/upstreamauth"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain stops the Azurite that the Azure tests share before it checks
+// for leaked goroutines.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(azuritetest.StopSharedAfter(m)) }
 
 // clock is a settable clock for tag TTLs.
 type clock struct {

@@ -6,11 +6,14 @@ import (
 )
 
 // servePlain answers plain HTTP requests on the proxy port: the CA for
-// nodes to trust, a health check, and a short description.
+// nodes to trust, a health check, the metrics, and a short description.
 //
 // These pages ask for no credentials, even under --htpasswd: nodes fetch
-// the CA before they are configured, health checks carry none, and none
-// of the three reveals a secret (the CA certificate is public by design).
+// the CA before they are configured, health checks and Prometheus scrapes
+// carry none, and none of them reveals a secret (the CA certificate is
+// public by design). /metrics tells whoever reaches the port how much
+// traffic each allow-listed registry sees, and nothing finer: its labels
+// never name a repository, tag, client or user (package metrics).
 func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 	setOutcome(r, outcomeLocal)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -25,6 +28,8 @@ func (p *Proxy) servePlain(w http.ResponseWriter, r *http.Request) {
 	case "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
+	case "/metrics":
+		p.metrics.Handler().ServeHTTP(w, r)
 	case "/":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		proxy := r.Host

@@ -20,6 +20,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/fill"
+	"github.com/regproxy/regproxy/metrics"
 	"github.com/regproxy/regproxy/upstreamauth"
 )
 
@@ -36,6 +37,11 @@ type Config struct {
 	CA CertSource
 	// Store keeps blobs, manifests and tag records. Required.
 	Store cachestore.Store
+	// SpoolDir holds the files of blob fills in progress. Empty means the
+	// store's own when it is a cachestore.FileImporter (a verified blob is
+	// then committed by a rename), else os.TempDir(). Set it for a remote
+	// store, which fills stage into while they download.
+	SpoolDir string
 	// Registries is the allow-list: "host" (any port) or "host:port".
 	// "docker.io" stands for every host Docker Hub serves from.
 	Registries []string
@@ -76,10 +82,13 @@ type Config struct {
 	TunnelMaxPerClient int
 	// Users, when set, are the only clients let in on the proxy port: a
 	// CONNECT or proxy request must carry Proxy-Authorization: Basic with
-	// one of their names and passwords, or it gets 407. /ca.crt, /healthz
-	// and / stay open. Nil means no authentication: whoever reaches the
-	// port may use it.
+	// one of their names and passwords, or it gets 407. /ca.crt, /healthz,
+	// /metrics and / stay open. Nil means no authentication: whoever
+	// reaches the port may use it.
 	Users *Htpasswd
+	// Metrics receives the proxy's metrics, which GET /metrics on the proxy
+	// port serves. Nil means a set of the Proxy's own (see Proxy.Metrics).
+	Metrics *metrics.Metrics
 	// Logger receives the access log and errors. Nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for tag TTLs and the login cache. Nil means time.Now.
@@ -107,6 +116,7 @@ type Proxy struct {
 	fills       *fill.Group
 	manifests   *manifestCache
 	manifestTTL time.Duration
+	metrics     *metrics.Metrics
 	log         *slog.Logger
 	now         func() time.Time
 
@@ -140,6 +150,7 @@ func New(cfg Config) (*Proxy, error) {
 		allow:       allow,
 		dial:        newDialer(cfg.Resolve, cfg.UpstreamProxy),
 		manifestTTL: cfg.ManifestTTL,
+		metrics:     cfg.Metrics,
 		log:         cfg.Logger,
 		now:         cfg.Now,
 		grace:       cfg.ShutdownGrace,
@@ -154,17 +165,19 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.transport = newTransport(p.dial, cfg.UpstreamRoots)
+	p.initMetrics(cfg.CA)
 	// Credentials sit above the rate limiter, so that token requests honour
-	// a host's Retry-After too.
-	p.limiter = newRateLimiter(p.transport, p.now, p.log)
+	// a host's Retry-After too. The metrics sit below it: they count what
+	// upstream answered, not the 429s the limiter answers itself.
+	p.limiter = newRateLimiter(p.metrics.Transport(p.transport, p.upstreamRegistry), p.now, p.log)
 	p.upstream = upstreamauth.New(p.limiter, cfg.Credentials, upstreamauth.Options{Now: p.now, Logger: p.log})
 	p.fetch = newFetchClient(p.upstream)
 	p.probe = upstreamauth.New(p.limiter, cfg.Credentials,
 		upstreamauth.Options{Now: p.now, Logger: p.log, AnonymousTokens: true})
 	p.access = newAccess(p.now)
 	p.pass = p.newPassthrough()
-	p.fills = fill.New(fill.Config{Store: cfg.Store, Timeout: cfg.FillTimeout,
-		StallTimeout: cfg.FillStallTimeout, Logger: p.log})
+	p.fills = fill.New(fill.Config{Store: cfg.Store, SpoolDir: cfg.SpoolDir, Timeout: cfg.FillTimeout,
+		StallTimeout: cfg.FillStallTimeout, Logger: p.log, Observer: p.metrics})
 	p.manifests = newManifestCache(cfg.Store)
 	p.mitm = newConnListener()
 	p.tlsConfig = p.newTLSConfig()
@@ -184,6 +197,9 @@ func (p *Proxy) setDefaults() {
 	}
 	if p.now == nil {
 		p.now = time.Now
+	}
+	if p.metrics == nil {
+		p.metrics = metrics.New()
 	}
 	if p.grace <= 0 {
 		p.grace = defaultShutdownGrace

@@ -56,7 +56,8 @@ const checkTimeout = 30 * time.Second
 // New connects to the container that cfg names and checks it: it reads the
 // container's properties, or creates the container if it is missing. A
 // wrong key, an unreachable endpoint or a container that is missing and
-// cannot be created is reported as one error whose message fits one line.
+// cannot be created is reported as one error whose message fits one line;
+// a Config refused before any request, as a *ConfigError.
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -66,7 +67,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	c, err := cfg.client(hc)
 	if err != nil {
 		hc.CloseIdleConnections()
-		return nil, fmt.Errorf("cachestore/azure: %w", err)
+		if _, ok := errors.AsType[*ConfigError](err); ok {
+			return nil, err
+		}
+		return nil, fmt.Errorf("cachestore/azure: %w", short(err))
 	}
 	s := &Store{c: c, where: redactURL(c.URL()), hc: hc, cfg: cfg}
 	s.blocks.New = func() any { b := make([]byte, cfg.BlockSize); return &b }

@@ -98,39 +98,49 @@ func (c *Config) setDefaults() {
 // with no two hyphens in a row (the last rule is checked apart).
 var containerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$`)
 
-// validate checks c after setDefaults, without any request.
+// ConfigError is New's error for a Config it refuses before making any
+// request: a field out of its grammar, a malformed connection string, a key
+// that is not base64. Field names the Config field at fault. Its message is
+// one line and holds no secret.
+type ConfigError struct {
+	Field string // "AccountName", "AccountKey", "Endpoint", "ConnectionString", "Container", "BlockSize" or "BlocksInFlight"
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return "cachestore/azure: " + e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// validate checks c after setDefaults, without any request, and reports the
+// first field at fault.
 func (c *Config) validate() error {
-	var errs []error
+	bad := func(field string, err error) error { return &ConfigError{Field: field, Err: err} }
 	if c.ConnectionString != "" {
 		if c.AccountName != "" || c.AccountKey != "" || c.Endpoint != "" {
-			errs = append(errs, errors.New("a connection string replaces the account name, key and endpoint: give one or the other"))
+			return bad("ConnectionString", errors.New("a connection string replaces the account name, key and endpoint: give one or the other"))
 		}
 	} else if c.AccountName == "" {
-		errs = append(errs, errors.New("no account name (or connection string)"))
+		return bad("AccountName", errors.New("no account name (or connection string)"))
 	}
 	if c.Endpoint != "" {
 		u, err := url.Parse(c.Endpoint)
 		if err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.RawQuery != "" {
-			errs = append(errs, fmt.Errorf("endpoint %q: want http(s)://HOST[:PORT][/PATH]", c.Endpoint))
+			return bad("Endpoint", fmt.Errorf("endpoint %q: want http(s)://HOST[:PORT][/PATH]", c.Endpoint))
 		}
 	}
 	if !containerNameRE.MatchString(c.Container) || strings.Contains(c.Container, "--") {
-		errs = append(errs, fmt.Errorf("container name %q: want 3 to 63 lowercase letters, digits and single hyphens, "+
+		return bad("Container", fmt.Errorf("container name %q: want 3 to 63 lowercase letters, digits and single hyphens, "+
 			"starting and ending with a letter or digit", c.Container))
 	}
 	for _, n := range []struct {
-		name      string
-		v, lo, hi int
+		field, name string
+		v, lo, hi   int
 	}{
-		{"block size", c.BlockSize, 1 << 10, maxBlockSize},
-		{"blocks in flight", c.BlocksInFlight, 1, 64},
+		{"BlockSize", "block size", c.BlockSize, 1 << 10, maxBlockSize},
+		{"BlocksInFlight", "blocks in flight", c.BlocksInFlight, 1, 64},
 	} {
 		if n.v < n.lo || n.v > n.hi {
-			errs = append(errs, fmt.Errorf("%s %d: want %d to %d", n.name, n.v, n.lo, n.hi))
+			return bad(n.field, fmt.Errorf("%s %d: want %d to %d", n.name, n.v, n.lo, n.hi))
 		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("cachestore/azure: %w", err)
 	}
 	return nil
 }
@@ -149,7 +159,7 @@ func (c *Config) client(hc *http.Client) (*container.Client, error) {
 	if c.ConnectionString != "" {
 		cl, err := container.NewClientFromConnectionString(c.ConnectionString, c.Container, opts)
 		if err != nil {
-			return nil, fmt.Errorf("connection string: %w", err)
+			return nil, &ConfigError{Field: "ConnectionString", Err: fmt.Errorf("connection string: %w", err)}
 		}
 		return cl, nil
 	}
@@ -157,7 +167,7 @@ func (c *Config) client(hc *http.Client) (*container.Client, error) {
 	if c.AccountKey != "" {
 		cred, err := blob.NewSharedKeyCredential(c.AccountName, c.AccountKey)
 		if err != nil {
-			return nil, fmt.Errorf("account key: %w", err)
+			return nil, &ConfigError{Field: "AccountKey", Err: fmt.Errorf("account key: %w", err)}
 		}
 		return container.NewClientWithSharedKeyCredential(containerURL, cred, opts)
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
@@ -42,6 +44,13 @@ func short(err error) error {
 		return &shortErr{msg: msg, err: err}
 	case errors.As(err, &ue):
 		return &shortErr{msg: ue.Err.Error(), err: err}
+	case strings.Contains(err.Error(), "\n"):
+		// azidentity's chain lists every credential it tried, a line each,
+		// with responses framed in lines of dashes.
+		words := slices.DeleteFunc(strings.Fields(err.Error()), func(w string) bool {
+			return strings.Trim(w, "-") == ""
+		})
+		return &shortErr{msg: strings.Join(words, " "), err: err}
 	}
 	return err
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/storetest"
+	"github.com/regproxy/regproxy/internal/azuritetest"
 )
 
 // TestMain stops the shared Azurite after the tests, then checks that no
@@ -17,7 +18,7 @@ import (
 // leave no download or upload behind.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	stopShared()
+	azuritetest.StopShared()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)

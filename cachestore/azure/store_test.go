@@ -45,22 +45,24 @@ func TestNewInvalidConfig(t *testing.T) {
 	t.Parallel()
 	ok := Config{AccountName: "acct", AccountKey: devKey, Endpoint: "http://127.0.0.1:1/acct"}
 	tests := []struct {
-		name string
-		edit func(c *Config)
-		want string
+		name  string
+		edit  func(c *Config)
+		want  string
+		field string // of the *ConfigError
 	}{
-		{"no account", func(c *Config) { c.AccountName = "" }, "no account name"},
-		{"connection string and account", func(c *Config) { c.ConnectionString = "AccountName=x" }, "connection string replaces"},
-		{"endpoint scheme", func(c *Config) { c.Endpoint = "ftp://h/acct" }, "endpoint"},
-		{"endpoint without host", func(c *Config) { c.Endpoint = "http:///acct" }, "endpoint"},
-		{"endpoint with a query", func(c *Config) { c.Endpoint = "http://h/acct?sv=1" }, "endpoint"},
-		{"container upper case", func(c *Config) { c.Container = "Cache" }, "container name"},
-		{"container too short", func(c *Config) { c.Container = "ab" }, "container name"},
-		{"container double hyphen", func(c *Config) { c.Container = "a--b" }, "container name"},
-		{"container leading hyphen", func(c *Config) { c.Container = "-abc" }, "container name"},
-		{"block size", func(c *Config) { c.BlockSize = 10 }, "block size"},
-		{"blocks in flight", func(c *Config) { c.BlocksInFlight = 1000 }, "blocks in flight"},
-		{"key not base64", func(c *Config) { c.AccountKey = "not base64!" }, "account key"},
+		{"no account", func(c *Config) { c.AccountName = "" }, "no account name", "AccountName"},
+		{"connection string and account", func(c *Config) { c.ConnectionString = "AccountName=x" }, "connection string replaces", "ConnectionString"},
+		{"connection string malformed", func(c *Config) { *c = Config{ConnectionString: "nonsense"} }, "connection string", "ConnectionString"},
+		{"endpoint scheme", func(c *Config) { c.Endpoint = "ftp://h/acct" }, "endpoint", "Endpoint"},
+		{"endpoint without host", func(c *Config) { c.Endpoint = "http:///acct" }, "endpoint", "Endpoint"},
+		{"endpoint with a query", func(c *Config) { c.Endpoint = "http://h/acct?sv=1" }, "endpoint", "Endpoint"},
+		{"container upper case", func(c *Config) { c.Container = "Cache" }, "container name", "Container"},
+		{"container too short", func(c *Config) { c.Container = "ab" }, "container name", "Container"},
+		{"container double hyphen", func(c *Config) { c.Container = "a--b" }, "container name", "Container"},
+		{"container leading hyphen", func(c *Config) { c.Container = "-abc" }, "container name", "Container"},
+		{"block size", func(c *Config) { c.BlockSize = 10 }, "block size", "BlockSize"},
+		{"blocks in flight", func(c *Config) { c.BlocksInFlight = 1000 }, "blocks in flight", "BlocksInFlight"},
+		{"key not base64", func(c *Config) { c.AccountKey = "not base64!" }, "account key", "AccountKey"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,6 +74,9 @@ func TestNewInvalidConfig(t *testing.T) {
 				s.Close()
 			}
 			wantOneLine(t, err, "cachestore/azure: ", tt.want)
+			if ce, ok := errors.AsType[*ConfigError](err); !ok || ce.Field != tt.field {
+				t.Errorf("error %v: want a *ConfigError for field %s", err, tt.field)
+			}
 		})
 	}
 }
@@ -231,5 +236,20 @@ func TestConfigStringHidesSecrets(t *testing.T) {
 				t.Errorf("formatted Config = %q, which holds a secret", got)
 			}
 		}
+	}
+}
+
+// TestShortOneLine checks that an error of many lines, as azidentity's
+// chain returns, prints on one, without the dashes that frame responses.
+func TestShortOneLine(t *testing.T) {
+	t.Parallel()
+	inner := errors.New("DefaultAzureCredential: failed.\nManagedIdentityCredential: GET http://169.254.169.254/\n" +
+		"--------------------------------------------------------------------------------\nRESPONSE 403\n")
+	err := short(inner)
+	if got, want := err.Error(), "DefaultAzureCredential: failed. ManagedIdentityCredential: GET http://169.254.169.254/ RESPONSE 403"; got != want {
+		t.Errorf("short(…).Error() = %q, want %q", got, want)
+	}
+	if !errors.Is(err, inner) {
+		t.Error("short(err) does not wrap err")
 	}
 }

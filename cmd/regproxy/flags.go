@@ -53,7 +53,7 @@ func serveFlags() []cli.Flag {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "listen", Value: ":3128", EnvVars: env("listen"), Usage: "address of the proxy port"},
 		&cli.StringFlag{Name: "htpasswd", EnvVars: env("htpasswd"),
-			Usage: "htpasswd FILE of bcrypt entries (htpasswd -B): CONNECTs must then carry Proxy-Authorization of one of its users (/ca.crt, /healthz and / stay open)"},
+			Usage: "htpasswd FILE of bcrypt entries (htpasswd -B): CONNECTs must then carry Proxy-Authorization of one of its users (/ca.crt, /healthz, /metrics and / stay open)"},
 		dataDirFlag(),
 		registriesFlag(),
 		&cli.StringFlag{Name: "upstream-proxy", EnvVars: env("upstream-proxy"),
@@ -80,7 +80,10 @@ func serveFlags() []cli.Flag {
 			Usage: "on SIGTERM or SIGINT, how long responses in flight may run on before they are cut (a second signal exits at once)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
+		summaryFlag(),
 	}
+	flags = append(flags, storageFlags()...)
+	flags = append(flags, evictFlags()...)
 	return append(flags, caFlags()...)
 }
 

@@ -47,6 +47,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			serveCommand(),
 			caCommand(),
+			cacheCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regproxy/regproxy/ca"
-	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/proxy"
 )
 
@@ -98,17 +96,31 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	summaryEvery, err := summaryInterval(c) // checked before anything touches the disk
+	if err != nil {
+		return err
+	}
 	if cfg.CA, err = loadCA(c, cfg.Registries, cfg.Logger); err != nil {
 		return err
 	}
 	dataDir := c.String("data-dir")
-	if cfg.Store, err = cachestore.NewDisk(filepath.Join(dataDir, "cache")); err != nil {
-		return cli.Exit(fmt.Sprintf("cache in %s: %v", dataDir, err), 1)
+	st, err := openStore(c, dataDir, cfg.Logger) // before the port opens: a store that fails stops serve
+	if err != nil {
+		return err
 	}
+	defer st.Close()
+	cfg.Store, cfg.SpoolDir = st.Store, st.SpoolDir
 	p, err := proxy.New(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
+	// Before Serve: the index must see every commit and read.
+	stopEviction, err := startEviction(c, cfg.Store, cfg.ManifestTTL, cfg.Logger, p.Metrics())
+	if err != nil {
+		return err
+	}
+	defer stopEviction() // before st.Close: the index writes last uses as it stops
+	defer startSummary(p.Metrics(), summaryEvery, cfg.Logger)()
 	ln, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("--listen: %v", err), 1)
