@@ -19,7 +19,7 @@ const fsizeChild = "REGPROXY_TEST_FSIZE_CHILD"
 // TestFileSizeLimitChild in a child process of this test binary.
 func TestFileSizeLimitDuringFill(t *testing.T) {
 	if os.Getenv(fsizeChild) != "" {
-		t.Skip("this is the child")
+		return // this is the child: TestFileSizeLimitChild does the work
 	}
 	t.Parallel()
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestFileSizeLimitChild$", "-test.count=1", "-test.v")
@@ -35,7 +35,7 @@ func TestFileSizeLimitDuringFill(t *testing.T) {
 // the log says why it was not cached, and it is not.
 func TestFileSizeLimitChild(t *testing.T) {
 	if os.Getenv(fsizeChild) == "" {
-		t.Skip("runs in TestFileSizeLimitDuringFill's child process")
+		return // runs only in TestFileSizeLimitDuringFill's child process
 	}
 	const limit = 256 << 10
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {

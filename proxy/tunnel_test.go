@@ -273,19 +273,19 @@ func TestTunnelLoggedWhenItEnds(t *testing.T) {
 }
 
 // hostIPv4 returns an IPv4 address of the host that is not loopback, or
-// skips the test.
+// fails the test.
 func hostIPv4(t *testing.T) string {
 	t.Helper()
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
-		t.Skipf("interface addresses: %v", err)
+		t.Fatalf("interface addresses: %v", err)
 	}
 	for _, a := range addrs {
 		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
 			return n.IP.String()
 		}
 	}
-	t.Skip("the host has no IPv4 address but loopback")
+	t.Fatal("the host has no IPv4 address but loopback: this test needs one")
 	return ""
 }
 
@@ -323,7 +323,7 @@ func TestTunnelGuardRefusesHostAddresses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			if strings.HasSuffix(tc.dst, "]:0") {
-				t.Skip("the host has no IPv6 loopback")
+				t.Fatal("the host has no IPv6 loopback: this test needs one")
 			}
 			tp := startTunnelProxy(t, proxy.Config{}, listenAddr(t, tc.listen))
 			proxyAddr, dst := tp.addr, tc.dst
