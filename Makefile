@@ -33,6 +33,10 @@ FUZZ := \
 	./proxy:FuzzParseManifest \
 	./proxy:FuzzCheckRegistries \
 	./proxy:FuzzLoadTag \
+	./proxy:FuzzTagRecordKey \
+	./proxy:FuzzCheckName \
+	./proxy:FuzzAnchoredTag \
+	./proxy:FuzzDescribeRepoPath \
 	./upstreamauth:FuzzParseFlag \
 	./upstreamauth:FuzzParseAuthRegistries \
 	./upstreamauth:FuzzLoadDockerConfig \

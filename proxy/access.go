@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"net/http"
@@ -86,13 +87,19 @@ func newAccess(now func() time.Time) *access {
 }
 
 // clientOf identifies the client of an intercepted request for repository
-// name. The credential is hashed with the repository, so the table holds
-// no secret and a grant names one repository.
+// name.
 func clientOf(r *http.Request, name string) client {
 	registry, repo := canonicalRepo(targetOf(r), name)
-	c := client{repo: repoKey{registry, repo}}
+	return clientIn(r, repoKey{registry, repo})
+}
+
+// clientIn identifies the client of an intercepted request for the
+// repository rk names. The credential is hashed with the repository, so
+// the tables hold no secret and a grant names one repository.
+func clientIn(r *http.Request, rk repoKey) client {
+	c := client{repo: rk}
 	if auth := r.Header.Get("Authorization"); auth != "" {
-		c.cred, c.hasCred = hash16(auth, registry, repo), true
+		c.cred, c.hasCred = credOf(r, auth, rk), true
 	}
 	return c
 }
@@ -100,15 +107,51 @@ func clientOf(r *http.Request, name string) client {
 // anonymous is c without its credentials: how regproxy's own probes ask.
 func (c client) anonymous() client { return client{repo: c.repo} }
 
-func hash16(parts ...string) [16]byte {
-	h := sha256.New()
-	for _, p := range parts {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
+// credCache remembers the last credential hash worked out on one
+// intercepted connection. A client sends the same Authorization with every
+// request of a connection, and hashing a token of a kilobyte or more on
+// every hit would cost more than the rest of the access check. It holds
+// the header only as long as the connection that sent it.
+type credCache struct {
+	mu   sync.Mutex // guards the rest
+	auth string
+	repo repoKey
+	cred [16]byte
+}
+
+type credCacheKey struct{}
+
+// withCredCache gives the requests of one connection a credCache.
+func withCredCache(ctx context.Context) context.Context {
+	return context.WithValue(ctx, credCacheKey{}, new(credCache))
+}
+
+// credOf is hash16(auth, rk.registry, rk.repo), from the connection's
+// credCache when it has it.
+func credOf(r *http.Request, auth string, rk repoKey) [16]byte {
+	cc, ok := r.Context().Value(credCacheKey{}).(*credCache)
+	if !ok {
+		return hash16(auth, rk.registry, rk.repo)
 	}
-	var k [16]byte
-	copy(k[:], h.Sum(nil))
-	return k
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.auth != auth || cc.repo != rk {
+		cc.auth, cc.repo, cc.cred = auth, rk, hash16(auth, rk.registry, rk.repo)
+	}
+	return cc.cred
+}
+
+// hash16 is the first 16 bytes of the SHA-256 of parts, each followed by a
+// zero byte. Short inputs are hashed from the stack: this runs several
+// times on every hit.
+func hash16(parts ...string) [16]byte {
+	var stack [256]byte
+	b := stack[:0]
+	for _, p := range parts {
+		b = append(append(b, p...), 0)
+	}
+	sum := sha256.Sum256(b)
+	return [16]byte(sum[:16])
 }
 
 func memberKey(rk repoKey, d digest.Digest) [16]byte {
@@ -248,6 +291,9 @@ func (a *access) invalidate(rk repoKey, tag string) {
 // invalidatedSince reports whether tag in rk changed through the proxy
 // after validated.
 func (a *access) invalidatedSince(rk repoKey, tag string, validated time.Time) bool {
+	if a.invalidated.Len() == 0 {
+		return false // nothing was pushed through the proxy: no keys to hash
+	}
 	for _, t := range []string{tag, ""} {
 		if at, ok := a.invalidated.Get(hash16(rk.registry, rk.repo, t)); ok && !at.Before(validated) {
 			return true

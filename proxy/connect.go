@@ -148,6 +148,11 @@ func (p *Proxy) newTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
+		// Full-size records from the first byte. Dynamic sizing, meant for
+		// browsers on slow links, starts a connection with records of one
+		// TCP segment: a manifest of a few KiB, often all a connection
+		// carries, went out in several records, a write(2) each.
+		DynamicRecordSizingDisabled: true,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			tc, ok := hello.Conn.(*targetConn)
 			if !ok {
@@ -173,7 +178,7 @@ func (p *Proxy) newMITMServer() *http.Server {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*tls.Conn); ok {
 				if t, ok := tc.NetConn().(*targetConn); ok {
-					return withUser(context.WithValue(ctx, targetKey{}, t.target), t.user)
+					return withCredCache(withUser(context.WithValue(ctx, targetKey{}, t.target), t.user))
 				}
 			}
 			return ctx

@@ -66,7 +66,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) err
 		p.logCacheError(err, rp)
 		m = nil
 	}
-	c := clientOf(r, rp.Name)
+	c := clientIn(r, repoKey{q.registry, q.repo})
 	if m != nil {
 		p.access.learnRecord(c.repo, rec, m.Body)
 		m = m.as(rec.MediaType)
@@ -361,13 +361,26 @@ func relayManifest(w http.ResponseWriter, r *http.Request, resp *http.Response, 
 }
 
 // writeManifest serves a cached manifest with the headers upstream sent.
+//
+// A response with its length set is complete when ServeContent returns, and
+// is sent at once: its client should not wait for what runs after the
+// handler (the access-log line, the metrics). Others (a 304, a 416 that
+// http.Error wrote) are left to net/http, which frames them when the
+// handler returns.
 func writeManifest(w http.ResponseWriter, r *http.Request, m *cachedManifest) {
 	h := w.Header()
-	h.Set("Content-Type", m.ContentType)
-	h.Set("Docker-Content-Digest", m.Digest.String())
-	h.Set("Etag", `"`+m.Digest.String()+`"`)
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	// What h.Set does, for keys already canonical, with one allocation for
+	// the four values; each slice is capped, so that an append to one
+	// cannot write into the next.
+	v := []string{m.ContentType, m.Digest.String(), `"` + m.Digest.String() + `"`, "registry/2.0"}
+	h["Content-Type"] = v[0:1:1]
+	h["Docker-Content-Digest"] = v[1:2:2]
+	h["Etag"] = v[2:3:3]
+	h["Docker-Distribution-Api-Version"] = v[3:4:4]
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(m.Body))
+	if h.Get("Content-Length") != "" {
+		http.NewResponseController(w).Flush()
+	}
 }
 
 // isSchema1 recognises Docker image manifest schema 1, whose signed form
@@ -385,6 +398,9 @@ func isSchema1(m *cachedManifest) bool {
 // tagQueryOf is what selects the tag record a request reads or writes.
 func tagQueryOf(r *http.Request, rp regPath) tagQuery {
 	registry, repo := canonicalRepo(targetOf(r), rp.Name)
-	return tagQuery{registry: registry, repo: repo, tag: rp.Reference,
-		accept: normalizeAccept(r.Header), query: normalizeQuery(r.URL.Query())}
+	q := tagQuery{registry: registry, repo: repo, tag: rp.Reference, accept: normalizeAccept(r.Header)}
+	if r.URL.RawQuery != "" { // most requests have none: no map to parse it into
+		q.query = normalizeQuery(r.URL.Query())
+	}
+	return q
 }

@@ -123,16 +123,27 @@ func (c *manifestCache) save(ctx context.Context, m *cachedManifest) error {
 func (c *manifestCache) loadTag(ctx context.Context, key string) (tagRecord, *cachedManifest, error) {
 	rec, ok := c.tags.Get(key)
 	if !ok {
-		if err := c.readJSON(ctx, key, &rec); err != nil {
+		var err error
+		if rec, err = c.readTag(ctx, key); err != nil {
 			return rec, nil, err
-		}
-		if rec.Digest.Validate() != nil {
-			return rec, nil, fmt.Errorf("tag record %s: bad digest", key)
 		}
 		c.tags.Add(key, rec)
 	}
 	m, err := c.load(ctx, rec.Digest)
 	return rec, m, err
+}
+
+// readTag reads a tag record from the store. (Apart from loadTag, so that
+// a record found in the LRU is not copied to the heap for decoding.)
+func (c *manifestCache) readTag(ctx context.Context, key string) (tagRecord, error) {
+	var rec tagRecord
+	if err := c.readJSON(ctx, key, &rec); err != nil {
+		return rec, err
+	}
+	if rec.Digest.Validate() != nil {
+		return rec, fmt.Errorf("tag record %s: bad digest", key)
+	}
+	return rec, nil
 }
 
 func (c *manifestCache) saveTag(ctx context.Context, key string, rec tagRecord) error {
@@ -196,7 +207,12 @@ func (q tagQuery) key() string { return tagRecordKey(q.registry, q.repo, q.tag, 
 // on what the client accepts, and a query string (a mirror's ?ns=) may
 // name another registry altogether.
 func tagRecordKey(registry, repo, tag, accept, query string) string {
-	sum := sha256.Sum256([]byte(registry + "\n" + repo + "\n" + tag + "\n" + accept + "\n" + query))
+	var stack [512]byte // the whole key, for most requests, without a heap copy
+	b := stack[:0]
+	for _, s := range []string{registry, repo, tag, accept} {
+		b = append(append(b, s...), '\n')
+	}
+	sum := sha256.Sum256(append(b, query...))
 	return cachestore.TagKey(hex.EncodeToString(sum[:]))
 }
 
@@ -213,7 +229,8 @@ func normalizeQuery(q url.Values) string {
 // so that clients listing the same types in another order or with other
 // q-values share records.
 func normalizeAccept(h http.Header) string {
-	var types []string
+	var stack [8]string
+	types := stack[:0]
 	for _, v := range h.Values("Accept") {
 		for part := range strings.SplitSeq(v, ",") {
 			mt, _, _ := strings.Cut(part, ";")

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -56,6 +58,20 @@ func FuzzLoadTag(f *testing.F) {
 		}
 		if m == nil || m.Digest != rec.Digest || digest.FromBytes(m.Body) != rec.Digest {
 			t.Fatalf("loadTag(%q) served %+v for digest %q", record, m, rec.Digest)
+		}
+	})
+}
+
+// FuzzTagRecordKey: tag records written by earlier versions keep their
+// names. tagRecordKey hashes from a stack buffer; the name must stay the
+// SHA-256 of the fields joined by newlines, however long they are.
+func FuzzTagRecordKey(f *testing.F) {
+	f.Add("registry.test:443", "library/alpine", "latest", "application/vnd.oci.image.index.v1+json", "")
+	f.Add("registry-1.docker.io:443", "a/b", "v1", strings.Repeat("application/x,", 60), "ns=docker.io")
+	f.Fuzz(func(t *testing.T, registry, repo, tag, accept, query string) {
+		sum := sha256.Sum256([]byte(registry + "\n" + repo + "\n" + tag + "\n" + accept + "\n" + query))
+		if got, want := tagRecordKey(registry, repo, tag, accept, query), cachestore.TagKey(hex.EncodeToString(sum[:])); got != want {
+			t.Fatalf("tagRecordKey = %q; want %q", got, want)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"net/http"
 	"strings"
 
@@ -115,32 +116,97 @@ func parseManifest(name, ref string) (regPath, error) {
 	return p, nil
 }
 
+// anchoredTag reports whether s is a whole tag in the grammar of
+// distribution/reference (TagRegexp): a word character, then up to 127 word
+// characters, dots and dashes. It runs on every manifest request, so it is
+// written out rather than matched with the regexp; FuzzAnchoredTag holds
+// it to the regexp.
 func anchoredTag(s string) bool {
-	loc := reference.TagRegexp.FindStringIndex(s)
-	return loc != nil && loc[0] == 0 && loc[1] == len(s)
+	if s == "" || len(s) > maxTagLength || !isWordChar(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isWordChar(c) && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
+// maxTagLength is the longest tag the grammar allows.
+const maxTagLength = 128
+
+// isWordChar reports whether c is in the regexp class \w: [0-9A-Za-z_].
+func isWordChar(c byte) bool {
+	return isLowerAlnum(c) || 'A' <= c && c <= 'Z' || c == '_'
+}
+
+func isLowerAlnum(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+
 // checkName validates a repository name against the distribution/reference
-// grammar. Prefixing a placeholder domain makes the grammar read all of name
-// as the path part, so a first component such as "foo:5000" is refused.
+// grammar, read as the path part of a name (reference's remote-name), so
+// that a first component such as "foo:5000" is refused: path components
+// joined by '/', each lowercase alphanumeric runs joined by one separator
+// ('.', '_', "__" or a run of '-'), and at most
+// reference.RepositoryNameTotalLengthMax characters. It runs on every
+// request, so the grammar is written out; FuzzCheckName holds it to
+// reference.WithName.
 func checkName(name string) error {
 	if name == "" || len(name) > reference.RepositoryNameTotalLengthMax {
 		return errNameInvalid("invalid repository name")
 	}
-	if _, err := reference.WithName("regproxy.invalid/" + name); err != nil {
-		return errNameInvalid("invalid repository name")
+	for comp := range strings.SplitSeq(name, "/") {
+		if !validPathComponent(comp) {
+			return errNameInvalid("invalid repository name")
+		}
 	}
 	return nil
+}
+
+// validPathComponent reports whether c is one path component of a
+// repository name: alphanumeric [separator alphanumeric]*.
+func validPathComponent(c string) bool {
+	i := 0
+	for {
+		start := i
+		for i < len(c) && isLowerAlnum(c[i]) {
+			i++
+		}
+		switch {
+		case i == start:
+			return false // empty, or a separator not between alphanumerics
+		case i == len(c):
+			return true
+		case c[i] == '.':
+			i++
+		case c[i] == '_':
+			i++
+			if i < len(c) && c[i] == '_' {
+				i++
+			}
+		case c[i] == '-':
+			for i < len(c) && c[i] == '-' {
+				i++
+			}
+		default:
+			return false
+		}
+	}
 }
 
 // parseDigest accepts sha256 digests only: 64 lowercase hex digits. That is
 // what every registry serves, and the cache keys assume it.
 func parseDigest(s string) (digest.Digest, error) {
-	d, err := digest.Parse(s)
-	if err != nil || d.Algorithm() != digest.SHA256 {
+	hex, ok := strings.CutPrefix(s, string(digest.SHA256)+":")
+	if !ok || len(hex) != 2*sha256.Size {
 		return "", errDigestInvalid("invalid digest; want sha256:<64 hex digits>")
 	}
-	return d, nil
+	for i := range len(hex) {
+		if c := hex[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return "", errDigestInvalid("invalid digest; want sha256:<64 hex digits>")
+		}
+	}
+	return digest.Digest(s), nil
 }
 
 // Kinds of intercepted requests, as the access log names them.
@@ -195,25 +261,40 @@ func describePath(r *http.Request) (kind, name, ref string) {
 
 // describeRepoPath splits a path below /v2/ into kind, repository name and
 // last element, or returns kind "" for a path that is not a repository's.
+// The path is read from its end, element by element, without splitting
+// all of it: this runs on every request.
 func describeRepoPath(rest string) (kind, name, last string) {
-	el := strings.Split(strings.TrimSuffix(rest, "/"), "/")
-	n := len(el)
-	join := func(k int) string { return strings.Join(el[:n-k], "/") }
+	head1, last, ok1 := cutLastElement(strings.TrimSuffix(rest, "/"))
+	head2, second, ok2 := cutLastElement(head1)
+	if !ok1 || !ok2 { // fewer than three elements
+		return "", "", ""
+	}
+	head3, third, ok3 := cutLastElement(head2)
 	switch {
-	case n >= 3 && el[n-2] == "tags" && el[n-1] == "list":
-		return logTags, join(2), ""
-	case n >= 3 && el[n-2] == "blobs" && el[n-1] == "uploads":
-		return logUpload, join(2), ""
-	case n >= 4 && el[n-3] == "blobs" && el[n-2] == "uploads":
-		return logUpload, join(3), "" // the upload's id stays out of the log
-	case n >= 3 && el[n-2] == "blobs":
-		return logBlob, join(2), el[n-1]
-	case n >= 3 && el[n-2] == "manifests":
-		return logManifest, join(2), el[n-1]
-	case n >= 3 && el[n-2] == "referrers":
-		return logReferrers, join(2), el[n-1]
+	case second == "tags" && last == "list":
+		return logTags, head2, ""
+	case second == "blobs" && last == "uploads":
+		return logUpload, head2, ""
+	case ok3 && third == "blobs" && second == "uploads":
+		return logUpload, head3, "" // the upload's id stays out of the log
+	case second == "blobs":
+		return logBlob, head2, last
+	case second == "manifests":
+		return logManifest, head2, last
+	case second == "referrers":
+		return logReferrers, head2, last
 	}
 	return "", "", ""
+}
+
+// cutLastElement splits p at its last '/': what comes before it and the
+// element after it. ok is false when p has no '/'.
+func cutLastElement(p string) (head, last string, ok bool) {
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return "", p, false
+	}
+	return p[:i], p[i+1:], true
 }
 
 // isTokenRequest recognises a request to a registry's token service, which

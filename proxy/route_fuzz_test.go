@@ -217,3 +217,80 @@ func FuzzParseManifest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckName holds checkName, written out for speed, to
+// distribution/reference: a name is accepted exactly when WithName accepts
+// it as the path part of a name on another registry.
+func FuzzCheckName(f *testing.F) {
+	for _, s := range []string{
+		"library/alpine", "a", "a-b__c.d/e--f", "a.b_c", "a_", "_a", "a__b", "a___b", "a._b", "a-_b",
+		"a-", "a--", "a/", "/a", "a//b", "A", "a/B", "foo:5000/a", "a b", "a/./b", "../a", ".a", "a.",
+		"é", "a\x00", strings.Repeat("a", 255), strings.Repeat("a", 256), strings.Repeat("ab/", 80) + "c",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		_, err := reference.WithName("regproxy.invalid/" + name)
+		want := err == nil && name != "" && len(name) <= reference.RepositoryNameTotalLengthMax
+		if got := checkName(name) == nil; got != want {
+			t.Fatalf("checkName(%q) accepts %v; reference.WithName says %v (%v)", name, got, want, err)
+		}
+	})
+}
+
+// FuzzAnchoredTag holds anchoredTag, written out for speed, to
+// distribution/reference's tag grammar.
+func FuzzAnchoredTag(f *testing.F) {
+	for _, s := range []string{"latest", "_", "3.20", "v1.0-rc.1", "-x", ".x", "x:y", "x\n", "é", "",
+		strings.Repeat("t", 128), strings.Repeat("t", 129)} {
+		f.Add(s)
+	}
+	tagRE := regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
+	f.Fuzz(func(t *testing.T, tag string) {
+		if got, want := anchoredTag(tag), tagRE.MatchString(tag); got != want {
+			t.Fatalf("anchoredTag(%q) = %v; reference.TagRegexp says %v", tag, got, want)
+		}
+	})
+}
+
+// FuzzDescribeRepoPath holds describeRepoPath, which reads a path from its
+// end without splitting it, to the plain reading: split at every '/'.
+func FuzzDescribeRepoPath(f *testing.F) {
+	for _, p := range fuzzPaths {
+		f.Add(strings.TrimPrefix(p, "/v2/"))
+	}
+	for _, s := range []string{"a/tags/list", "a/tags/list/", "a/blobs/uploads/", "a/blobs/uploads/id",
+		"a/b/blobs/uploads/id/", "blobs/uploads/id", "a/referrers/sha256:x", "a//manifests/x", "/manifests/x",
+		"manifests/x", "x", "", "/", "//", "a/blobs/", "a/blobs//"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rest string) {
+		kind, name, last := describeRepoPath(rest)
+		wantKind, wantName, wantLast := splitRepoPath(rest)
+		if kind != wantKind || name != wantName || last != wantLast {
+			t.Fatalf("describeRepoPath(%q) = %q, %q, %q; want %q, %q, %q", rest, kind, name, last, wantKind, wantName, wantLast)
+		}
+	})
+}
+
+// splitRepoPath is describeRepoPath's oracle: the path split at every '/'.
+func splitRepoPath(rest string) (kind, name, last string) {
+	el := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	n := len(el)
+	join := func(k int) string { return strings.Join(el[:n-k], "/") }
+	switch {
+	case n >= 3 && el[n-2] == "tags" && el[n-1] == "list":
+		return logTags, join(2), ""
+	case n >= 3 && el[n-2] == "blobs" && el[n-1] == "uploads":
+		return logUpload, join(2), ""
+	case n >= 4 && el[n-3] == "blobs" && el[n-2] == "uploads":
+		return logUpload, join(3), ""
+	case n >= 3 && el[n-2] == "blobs":
+		return logBlob, join(2), el[n-1]
+	case n >= 3 && el[n-2] == "manifests":
+		return logManifest, join(2), el[n-1]
+	case n >= 3 && el[n-2] == "referrers":
+		return logReferrers, join(2), el[n-1]
+	}
+	return "", "", ""
+}

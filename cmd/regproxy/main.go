@@ -21,12 +21,16 @@ func main() {
 // run runs the command line args and returns the exit code: 0, 1 for a
 // failure at run time, 2 for bad usage (an unknown flag, a bad value).
 func run(args []string, stdout, stderr io.Writer) int {
-	app := newApp(stdout, stderr)
+	// Everything on stderr, the log and the line below alike, goes through
+	// one buffer, in order, and is all written before run returns.
+	logs := newLogWriter(stderr)
+	defer logs.Close()
+	app := newApp(stdout, logs)
 	err := app.Run(args)
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "regproxy:", err)
+	fmt.Fprintln(logs, "regproxy:", err)
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		return ec.ExitCode()
