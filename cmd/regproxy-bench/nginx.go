@@ -68,8 +68,9 @@ type nginx struct {
 //   - upstream cache headers ignored, ranges served from cached files,
 //     client aborts do not stop a fill.
 //
-// The bench's own additions: access log off (regproxy runs at warn),
-// keepalive_requests high enough for scenario d's one connection, and an
+// Like rpardini's, it logs every request to a file, with the cache
+// status, as regproxy (run at its default level) logs every request to
+// stderr. The bench's own additions: keepalive_requests high enough for scenario d's one connection, and an
 // upstream block with keep-alive.
 var nginxConf = template.Must(template.New("nginx.conf").Parse(`# regproxy-bench's nginx peer; written for one run, removed after it.
 {{if .User}}user {{.User}};
@@ -79,7 +80,9 @@ pid {{.Dir}}/nginx.pid;
 error_log {{.Dir}}/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    log_format cachelog '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                        '$upstream_cache_status $request_time "$http_user_agent"';
+    access_log {{.Dir}}/access.log cachelog;
     client_body_temp_path {{.Dir}}/tmp/body;
     proxy_temp_path {{.Dir}}/tmp/proxy;
     fastcgi_temp_path {{.Dir}}/tmp/fastcgi;

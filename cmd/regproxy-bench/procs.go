@@ -184,9 +184,10 @@ type rpOptions struct {
 	manifestTTL string // --manifest-ttl
 }
 
-// defaultRP is the regproxy of scenarios a–e: quiet, and tags cached for an
-// hour, so that tag hits never revalidate.
-var defaultRP = rpOptions{logLevel: "warn", manifestTTL: "1h"}
+// defaultRP is the regproxy of scenarios a–e: the access log on, as by
+// default (the nginx peer logs too), and tags cached for an hour, so that
+// tag hits never revalidate.
+var defaultRP = rpOptions{logLevel: "info", manifestTTL: "1h"}
 
 // startRegproxy serves regproxy with a fresh data dir under dir, intercepting
 // the upstream, and waits until it is healthy and has handed out its CA.
