@@ -167,6 +167,9 @@ func (p *Proxy) logEntry(r *http.Request, e entry) {
 		slog.Duration("duration", e.duration),
 	}
 	level := slog.LevelInfo
+	if isProbe(r, e) {
+		level = slog.LevelDebug
+	}
 	if e.err != nil {
 		attrs = append(attrs, slog.String("error", e.err.Error()))
 		level = slog.LevelWarn
@@ -192,4 +195,14 @@ func (w *recorder) ReadFrom(src io.Reader) (int64, error) {
 	}
 	w.bytes += n
 	return n, err
+}
+
+// isProbe reports whether e answered a health check or a metrics scrape:
+// a liveness probe every ten seconds and a scrape every fifteen would
+// otherwise fill the log with lines nobody reads. They are logged at debug
+// level, and counted in the metrics all the same; a failed one stays at
+// info.
+func isProbe(r *http.Request, e entry) bool {
+	return e.outcome == outcomeLocal && e.status < http.StatusBadRequest &&
+		(r.URL.Path == "/healthz" || r.URL.Path == "/metrics")
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/regproxy/regproxy/internal/testupstream"
 )
@@ -118,5 +119,38 @@ func TestLocalPingLoggedOffline(t *testing.T) {
 				t.Errorf("the local ping was logged STALE:\n%s", log)
 			}
 		})
+	}
+}
+
+// TestProbesLoggedAtDebug: health checks and scrapes, which come every few
+// seconds, are logged at debug level; the CA download stays at info.
+func TestProbesLoggedAtDebug(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	log := &syncBuffer{}
+	e.logTo = log
+	e.restart()
+	for _, path := range []string{"/healthz", "/metrics", "/ca.crt"} {
+		resp, err := http.Get(e.proxyURL.String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+	// Each line is written before its connection reads the next request,
+	// so they come in order; wait for all three.
+	localLine := regexp.MustCompile(`level=(\w+) msg=request [^\n]*outcome=LOCAL`)
+	var levels []string
+	for deadline := time.Now().Add(ioTimeout); len(levels) < 3 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		levels = levels[:0]
+		for _, m := range localLine.FindAllStringSubmatch(log.String(), -1) {
+			levels = append(levels, m[1])
+		}
+	}
+	if got, want := strings.Join(levels, " "), "DEBUG DEBUG INFO"; got != want {
+		t.Errorf("levels of the /healthz, /metrics and /ca.crt lines: %s; want %s\n%s", got, want, log)
 	}
 }
