@@ -1,9 +1,11 @@
 package cachestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -30,6 +32,14 @@ const spoolName = "tmp"
 // first two characters so that no directory holds millions of files.
 // Uncommitted files live in root/tmp, which is on the same filesystem so
 // that committing is a rename.
+//
+// An entry with a media type lives in the same directory at abcd…~typed
+// (typedSuffix): one file, committed by one rename, whose first line is the
+// media type and whose body follows. No key names such a file, since '~' is
+// outside the key grammar, and the file an entry is in says which format it
+// has: the bytes of an untyped entry (every blob, and everything that
+// releases before media types wrote) are never parsed. Open looks for the
+// untyped file first, so a blob hit costs one open.
 //
 // Disk also implements FileImporter and Deleter. Keys under "tmp/" are
 // reserved and refused with ErrInvalidKey. One Disk should own a root: a
@@ -106,13 +116,23 @@ func sweep(dir string) error {
 	return nil
 }
 
+// typedSuffix ends the file name of an entry committed with a media type
+// (see Disk).
+const typedSuffix = "~typed"
+
+// maxTypeLine bounds the first line of a typed entry's file: the media type
+// and its newline.
+const maxTypeLine = MaxMediaType + 1
+
 // layout splits a valid key into the directories and file name of its entry:
 // all components but the last, then the last one's first two characters
-// (fewer if it is shorter), then the last component as the file name.
+// (fewer if it is shorter), then the last component as the file name. It
+// also lays out a key with typedSuffix, as the typed file beside the key's.
 func layout(key string) (dirs []string, name string) {
 	parts := strings.Split(key, "/")
 	name = parts[len(parts)-1]
-	fan := name[:min(2, len(name))]
+	base := strings.TrimSuffix(name, typedSuffix)
+	fan := base[:min(2, len(base))]
 	return append(parts[:len(parts)-1:len(parts)-1], fan), name
 }
 
@@ -162,26 +182,9 @@ func statErr(op, key string, err error) error {
 	return fmt.Errorf("cachestore: %s %s: %w", op, key, err)
 }
 
-// Stat implements Store. Local metadata calls are short, so ctx is not
-// consulted.
-func (d *Disk) Stat(_ context.Context, key string) (Info, error) {
-	p, err := d.path(key)
-	if err != nil {
-		return Info{}, err
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		return Info{}, statErr("stat", key, err)
-	}
-	// A directory at p exists only because of longer keys, not an entry.
-	if !fi.Mode().IsRegular() {
-		return Info{}, statErr("stat", key, fs.ErrNotExist)
-	}
-	return Info{Size: fi.Size(), ModTime: fi.ModTime()}, nil
-}
-
-// fileReader is a committed entry opened directly, so that Seek and ReadAt
-// are system calls rather than copies.
+// fileReader is a committed untyped entry opened directly, so that Seek and
+// ReadAt are system calls rather than copies, and a copy to a socket may
+// splice.
 type fileReader struct {
 	*os.File
 	size int64
@@ -191,15 +194,45 @@ type fileReader struct {
 // replaced by rename, never rewritten, so it cannot change under the reader.
 func (r fileReader) Size() int64 { return r.size }
 
-// Open implements Store.
+// MediaType implements Reader: an untyped entry has none.
+func (fileReader) MediaType() string { return "" }
+
+// typedReader is a committed typed entry: its file from the end of the
+// media type line.
+type typedReader struct {
+	*io.SectionReader
+	f         *os.File
+	mediaType string
+}
+
+func (r *typedReader) Close() error { return r.f.Close() }
+
+// MediaType implements Reader.
+func (r *typedReader) MediaType() string { return r.mediaType }
+
+// Open implements Store: the untyped file of key, else its typed one.
 func (d *Disk) Open(_ context.Context, key string) (Reader, error) {
 	p, err := d.path(key)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	r, err := openFile(p, false)
+	if isNotFound(err) {
+		r, err = openFile(p+typedSuffix, true)
+	}
 	if err != nil {
 		return nil, statErr("open", key, err)
+	}
+	d.opened(key)
+	return r, nil
+}
+
+// openFile opens an entry's file. A directory there (made for longer keys)
+// is not an entry.
+func openFile(p string, typed bool) (Reader, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
 	}
 	fi, err := f.Stat()
 	if err == nil && !fi.Mode().IsRegular() {
@@ -207,10 +240,41 @@ func (d *Disk) Open(_ context.Context, key string) (Reader, error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, statErr("open", key, err)
+		return nil, err
 	}
-	d.opened(key)
-	return fileReader{File: f, size: fi.Size()}, nil
+	if !typed {
+		return fileReader{File: f, size: fi.Size()}, nil
+	}
+	mt, n, err := readTypeLine(f, fi.Size())
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &typedReader{SectionReader: io.NewSectionReader(f, n, fi.Size()-n), f: f, mediaType: mt}, nil
+}
+
+// readTypeLine reads the media type line at the start of a typed entry's
+// file of size bytes, and returns the type and the line's length.
+func readTypeLine(f *os.File, size int64) (string, int64, error) {
+	buf := make([]byte, min(size, maxTypeLine))
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return "", 0, err
+	}
+	i := bytes.IndexByte(buf, '\n')
+	if i < 0 {
+		return "", 0, fmt.Errorf("%s: no media type line", f.Name())
+	}
+	return string(buf[:i]), int64(i + 1), nil
+}
+
+// regularFile returns the file at p if it is a regular file, else an error
+// for which isNotFound holds if there is none.
+func regularFile(p string) (fs.FileInfo, error) {
+	fi, err := os.Lstat(p)
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fs.ErrNotExist
+	}
+	return fi, err
 }
 
 // SpoolDir implements FileImporter.
@@ -244,11 +308,13 @@ func (d *Disk) ImportFile(ctx context.Context, key, path string, size int64, dg 
 	if err := d.syncPath(path); err != nil {
 		return fmt.Errorf("cachestore: import %s: sync: %w", key, err)
 	}
-	return d.install(key, path)
+	return d.install(key, path, Content, false)
 }
 
-// install moves the file at src, already synced, to key's place, and then
-// syncs the directories on the way to it:
+// install moves the file at src, already synced, to key's place (its
+// typed file if typed), and then syncs the directories on the way to it.
+// For a Content entry that key has already, it removes src instead (see
+// commitFile). The steps:
 //  1. src's data is on disk before its new name can be (the caller synced
 //     it), so a crash never leaves a visible entry of missing bytes: a
 //     journal may commit the rename before the data;
@@ -263,9 +329,13 @@ func (d *Disk) ImportFile(ctx context.Context, key, path string, size int64, dg 
 //
 // An error from step 3 comes after the rename: the entry is visible and
 // whole, but may not survive a power cut.
-func (d *Disk) install(key, src string) error {
-	if err := d.importFile(src, key); err != nil {
+func (d *Disk) install(key, src string, kind Kind, typed bool) error {
+	installed, err := d.commitFile(src, key, kind, typed)
+	if err != nil {
 		return fmt.Errorf("cachestore: commit %s: %w", key, err)
+	}
+	if !installed {
+		return nil
 	}
 	p, _ := d.path(key) // install's callers checked the key
 	for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
@@ -297,23 +367,29 @@ func (d *Disk) syncDir(dir string) error {
 	return nil
 }
 
-// Delete implements Deleter. Readers that already opened the entry keep
-// reading it.
+// Delete implements Deleter: it removes key's file, or files, and prunes
+// the directories that leaves empty. Readers that already opened the entry
+// keep reading it.
 func (d *Disk) Delete(_ context.Context, key string) error {
 	p, err := d.path(key)
 	if err != nil {
 		return err
 	}
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return statErr("delete", key, err)
+	found := false
+	for _, f := range [...]struct{ name, path string }{{key, p}, {key + typedSuffix, p + typedSuffix}} {
+		_, err := regularFile(f.path)
+		if err == nil {
+			err = d.dv.Erase(f.name)
+		}
+		switch {
+		case err == nil:
+			found = true
+		case !isNotFound(err):
+			return statErr("delete", key, err)
+		}
 	}
-	if !fi.Mode().IsRegular() {
+	if !found {
 		return statErr("delete", key, fs.ErrNotExist)
-	}
-	// Erase also prunes the directories the entry leaves empty.
-	if err := d.dv.Erase(key); err != nil {
-		return statErr("delete", key, err)
 	}
 	return nil
 }

@@ -19,7 +19,7 @@ func BenchmarkDiskOpenStat(b *testing.B) {
 	data := bytes.Repeat([]byte("regproxy"), 1<<17)
 	dg := digest.FromBytes(data)
 	key := cachestore.BlobKey(dg)
-	w, err := d.Create(b.Context(), key)
+	w, err := d.Create(b.Context(), key, cachestore.Options{Kind: cachestore.Content})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package cachestore_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -19,7 +20,25 @@ import (
 
 func TestDisk(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(t *testing.T) cachestore.Store { return newDisk(t, t.TempDir()) })
+	storetest.Run(t, diskStorage)
+}
+
+// diskStorage opens stores over a new root: NewDisk first, then OpenDisk,
+// as regproxy cache beside serve does.
+func diskStorage(t *testing.T) func() cachestore.Store {
+	root := t.TempDir()
+	var first *cachestore.Disk
+	return func() cachestore.Store {
+		if first == nil {
+			first = newDisk(t, root)
+			return first
+		}
+		d, err := cachestore.OpenDisk(root)
+		if err != nil {
+			t.Fatalf("OpenDisk(%q): %v", root, err)
+		}
+		return d
+	}
 }
 
 func newDisk(t testing.TB, root string) *cachestore.Disk {
@@ -31,10 +50,22 @@ func newDisk(t testing.TB, root string) *cachestore.Disk {
 	return d
 }
 
-// put commits data under key.
+// Options of the entries the tests write.
+var (
+	content = cachestore.Options{Kind: cachestore.Content}
+	record  = cachestore.Options{Kind: cachestore.Record}
+)
+
+// put commits data under key as a Record, which replaces what is there.
 func put(t *testing.T, s cachestore.Store, key string, data []byte) error {
 	t.Helper()
-	w, err := s.Create(t.Context(), key)
+	return putOpts(t, s, key, record, data)
+}
+
+// putOpts commits data under key with opts.
+func putOpts(t *testing.T, s cachestore.Store, key string, opts cachestore.Options, data []byte) error {
+	t.Helper()
+	w, err := s.Create(t.Context(), key, opts)
 	if err != nil {
 		return err
 	}
@@ -131,6 +162,129 @@ func TestDiskLayout(t *testing.T) {
 	}
 }
 
+// TestDiskTypedLayout checks where an entry with a media type lives: beside
+// the key's own file, in one file whose first line is the type.
+func TestDiskTypedLayout(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	d := newDisk(t, root)
+	const mt = "application/vnd.oci.image.manifest.v1+json"
+	body := []byte(`{"schemaVersion":2}`)
+	dg := digest.FromBytes(body)
+	hex := dg.Encoded()
+	tests := []struct{ key, want string }{
+		{cachestore.ManifestKey(dg), "manifests/sha256/" + hex[:2] + "/" + hex + "~typed"},
+		{"z", "z/z~typed"},
+		{"x/yy", "x/yy/yy~typed"},
+	}
+	for _, tt := range tests {
+		if err := putOpts(t, d, tt.key, cachestore.Options{Kind: cachestore.Content, MediaType: mt}, body); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(tt.want)))
+		if want := mt + "\n" + string(body); err != nil || string(got) != want {
+			t.Errorf("%s: file %s holds %q, %v; want %q", tt.key, tt.want, got, err, want)
+		}
+		p, _ := cachestore.DiskPath(d, tt.key)
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: untyped file: Stat = %v, want ErrNotExist", tt.key, err)
+		}
+	}
+}
+
+// TestDiskRecordChangesFile moves a record between its two files as its
+// media type comes and goes: one file is left each time, and a walk sees
+// one entry.
+func TestDiskRecordChangesFile(t *testing.T) {
+	t.Parallel()
+	d := newDisk(t, t.TempDir())
+	key := cachestore.TagKey("abcd")
+	p, _ := cachestore.DiskPath(d, key)
+	for i, mt := range []string{"", "text/plain", "application/json", "", "text/plain"} {
+		data := []byte(fmt.Sprint("record ", i))
+		if err := putOpts(t, d, key, cachestore.Options{Kind: cachestore.Record, MediaType: mt}, data); err != nil {
+			t.Fatal(err)
+		}
+		_, errUntyped := os.Stat(p)
+		_, errTyped := os.Stat(p + "~typed")
+		if (errUntyped == nil) != (mt == "") || (errTyped == nil) != (mt != "") {
+			t.Errorf("after a commit with media type %q: untyped file %v, typed file %v; want only the %s one",
+				mt, errUntyped, errTyped, map[bool]string{true: "untyped", false: "typed"}[mt == ""])
+		}
+		r, err := d.Open(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(r)
+		if !bytes.Equal(got, data) || r.MediaType() != mt {
+			t.Errorf("read %q of type %q, want %q of type %q", got, r.MediaType(), data, mt)
+		}
+		r.Close()
+		var n int
+		d.Walk(t.Context(), func(e cachestore.Entry) error {
+			if e.Key != key {
+				t.Errorf("Walk reported %q, want %q", e.Key, key)
+			}
+			n++
+			return nil
+		})
+		if n != 1 {
+			t.Errorf("Walk reported %d entries, want 1", n)
+		}
+	}
+}
+
+// TestDiskBothFiles is what a crash between the two steps of a record's
+// commit leaves: both files. Open reads the untyped one, and a delete
+// removes both.
+func TestDiskBothFiles(t *testing.T) {
+	t.Parallel()
+	d := newDisk(t, t.TempDir())
+	key := cachestore.TagKey("ef01")
+	p, _ := cachestore.DiskPath(d, key)
+	mustPut(t, d, key, []byte("untyped"))
+	if err := os.WriteFile(p+"~typed", []byte("text/plain\ntyped"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Open(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(r)
+	r.Close()
+	if string(got) != "untyped" || r.MediaType() != "" {
+		t.Errorf("Open read %q of type %q, want the untyped file", got, r.MediaType())
+	}
+	if ok, err := d.DeleteIf(t.Context(), key, func() bool { return true }); !ok || err != nil {
+		t.Fatalf("DeleteIf = %v, %v", ok, err)
+	}
+	for _, f := range []string{p, p + "~typed"} {
+		if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s after DeleteIf: %v, want it gone", f, err)
+		}
+	}
+}
+
+// TestDiskTypedFileWithoutTypeLine opens a typed file that holds no media
+// type line (damaged by hand): an error, not a miss and not the bytes.
+func TestDiskTypedFileWithoutTypeLine(t *testing.T) {
+	t.Parallel()
+	d := newDisk(t, t.TempDir())
+	key := cachestore.TagKey("ef02")
+	p, _ := cachestore.DiskPath(d, key)
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p+"~typed", bytes.Repeat([]byte("x"), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Open(t.Context(), key)
+	if err == nil {
+		r.Close()
+	}
+	if err == nil || errors.Is(err, cachestore.ErrNotFound) {
+		t.Errorf("Open = %v, want an error other than ErrNotFound", err)
+	}
+}
+
 // TestDiskSpoolEmptyAfterWriters checks that no way of ending a writer
 // leaves its spool file behind.
 func TestDiskSpoolEmptyAfterWriters(t *testing.T) {
@@ -149,21 +303,27 @@ func TestDiskSpoolEmptyAfterWriters(t *testing.T) {
 		{"cancel", func(w cachestore.Writer) error { return w.Cancel() }},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			d := newDisk(t, t.TempDir())
-			w, err := d.Create(t.Context(), cachestore.TagKey("ab"))
-			if err != nil {
-				t.Fatalf("Create: %v", err)
-			}
-			if _, err := w.Write(data); err != nil {
-				t.Fatalf("Write: %v", err)
-			}
-			tt.end(w)
-			if got := spoolFiles(t, d); len(got) != 0 {
-				t.Errorf("spool holds %q, want nothing", got)
-			}
-		})
+		for _, opts := range []cachestore.Options{record, content, {Kind: cachestore.Content, MediaType: "text/plain"}} {
+			t.Run(fmt.Sprint(tt.name, opts), func(t *testing.T) {
+				t.Parallel()
+				d := newDisk(t, t.TempDir())
+				if opts.Kind == cachestore.Content {
+					// A second commit of a Content key removes its file.
+					mustPut(t, d, cachestore.TagKey("ab"), []byte("before"))
+				}
+				w, err := d.Create(t.Context(), cachestore.TagKey("ab"), opts)
+				if err != nil {
+					t.Fatalf("Create: %v", err)
+				}
+				if _, err := w.Write(data); err != nil {
+					t.Fatalf("Write: %v", err)
+				}
+				tt.end(w)
+				if got := spoolFiles(t, d); len(got) != 0 {
+					t.Errorf("spool holds %q, want nothing", got)
+				}
+			})
+		}
 	}
 }
 
@@ -228,6 +388,16 @@ func TestDiskDirectoryIsNotAnEntry(t *testing.T) {
 	}
 	if err := put(t, d, "q", []byte("short key")); err == nil {
 		t.Error("put(q) over a directory = nil, want an error")
+	}
+	// Its typed file is beside the directory, not in its place.
+	typed := cachestore.Options{Kind: cachestore.Content, MediaType: "text/plain"}
+	if err := putOpts(t, d, "q", typed, []byte("typed")); err != nil {
+		t.Errorf("put(q) with a media type: %v", err)
+	}
+	if r, err := d.Open(t.Context(), "q"); err != nil || r.MediaType() != "text/plain" {
+		t.Errorf("Open(q) = %v; want the typed entry", err)
+	} else {
+		r.Close()
 	}
 	if got := spoolFiles(t, d); len(got) != 0 {
 		t.Errorf("spool after a failed commit holds %q, want nothing", got)

@@ -18,26 +18,41 @@ var errWriterDone = errors.New("cachestore: writer already committed or canceled
 
 // Create implements Store. The bytes go to a file in the spool directory and
 // are hashed on the way, so that committing a sha256 digest (the only kind
-// registries use in practice) reads nothing back.
-func (d *Disk) Create(_ context.Context, key string) (Writer, error) {
+// registries use in practice) reads nothing back. An entry with a media
+// type starts its file with the type's line (see Disk).
+func (d *Disk) Create(_ context.Context, key string, opts Options) (Writer, error) {
 	if _, err := d.path(key); err != nil {
 		return nil, err
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("cachestore: create %s: %w", key, err)
 	}
 	f, err := os.CreateTemp(d.spool, "create-*")
 	if err != nil {
 		return nil, fmt.Errorf("cachestore: create %s: %w", key, err)
 	}
-	return &diskWriter{disk: d, key: key, f: f, h: sha256.New()}, nil
+	w := &diskWriter{disk: d, key: key, kind: opts.Kind, f: f, h: sha256.New()}
+	if opts.MediaType != "" {
+		w.typed = true
+		w.off = int64(len(opts.MediaType)) + 1
+		if _, err := f.WriteString(opts.MediaType + "\n"); err != nil {
+			return nil, errors.Join(fmt.Errorf("cachestore: create %s: %w", key, err), discard(f))
+		}
+	}
+	return w, nil
 }
 
 // diskWriter is a Writer backed by a spool file. Like an *os.File it is meant
 // for one goroutine at a time.
 type diskWriter struct {
-	disk *Disk
-	key  string
-	f    *os.File  // the spool file; nil once committed or discarded
-	h    hash.Hash // sha256 of the n bytes written so far
-	n    int64
+	disk  *Disk
+	key   string
+	kind  Kind
+	typed bool      // the file starts with a media type line
+	off   int64     // where the body starts in the file: after that line
+	f     *os.File  // the spool file; nil once committed or discarded
+	h     hash.Hash // sha256 of the n bytes of body written so far
+	n     int64
 }
 
 // Write implements io.Writer.
@@ -56,7 +71,8 @@ func (w *diskWriter) Write(p []byte) (int, error) {
 //  2. fsync, so that a crash cannot leave a visible entry whose data never
 //     reached the disk (the rename may be journaled before the data),
 //  3. rename the file into place and sync the directories that hold it
-//     (see install).
+//     (see install), unless the entry is Content that the key has already:
+//     the spool file then goes.
 //
 // Whatever fails, the spool file is removed and the writer is done.
 func (w *diskWriter) Commit(ctx context.Context, dg digest.Digest) error {
@@ -74,7 +90,7 @@ func (w *diskWriter) Commit(ctx context.Context, dg digest.Digest) error {
 	if err := f.Close(); err != nil {
 		return errors.Join(fmt.Errorf("cachestore: commit %s: %w", w.key, err), os.Remove(f.Name()))
 	}
-	if err := w.disk.install(w.key, f.Name()); err != nil {
+	if err := w.disk.install(w.key, f.Name(), w.kind, w.typed); err != nil {
 		return errors.Join(err, removeIfExists(f.Name()))
 	}
 	return nil
@@ -95,7 +111,7 @@ func (w *diskWriter) verify(ctx context.Context, f *os.File, dg digest.Digest) e
 		return nil
 	}
 	v := dg.Verifier()
-	if _, err := io.Copy(v, ctxReader{ctx, io.NewSectionReader(f, 0, w.n)}); err != nil {
+	if _, err := io.Copy(v, ctxReader{ctx, io.NewSectionReader(f, w.off, w.n)}); err != nil {
 		return err
 	}
 	if !v.Verified() {

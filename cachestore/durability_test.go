@@ -22,33 +22,20 @@ import (
 // unsynced writes (dm-log-writes, CrashMonkey), which the tests do not
 // have.
 
-// commitPaths are the two ways an entry gets into a Disk: a store Writer
-// (manifests, tag records) and ImportFile (fills, whose spool file is in
-// the store's spool directory).
+// commitPaths are the ways an entry gets into a Disk: a store Writer
+// (manifests, with their media type, and tag records) and ImportFile
+// (fills, whose spool file is in the store's spool directory).
 var commitPaths = []struct {
 	name   string
+	typed  bool // the entry has a media type, so it lives in its typed file
 	commit func(t *testing.T, d *Disk, key string, data []byte) error
 	// partial writes the first half of data the way commit would write
 	// all of it, and stops there.
 	partial func(t *testing.T, d *Disk, key string, data []byte)
 }{
-	{"Commit", func(t *testing.T, d *Disk, key string, data []byte) error {
-		w, err := d.Create(t.Context(), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write(data); err != nil {
-			t.Fatal(err)
-		}
-		return w.Commit(t.Context(), digest.FromBytes(data))
-	}, func(t *testing.T, d *Disk, key string, data []byte) {
-		w, err := d.Create(t.Context(), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write(data[:len(data)/2])
-	}},
-	{"ImportFile", func(t *testing.T, d *Disk, key string, data []byte) error {
+	{"Commit", false, writerCommit(Options{Kind: Record}), writerPartial(Options{Kind: Record})},
+	{"Commit typed", true, writerCommit(testTyped), writerPartial(testTyped)},
+	{"ImportFile", false, func(t *testing.T, d *Disk, key string, data []byte) error {
 		f, err := os.CreateTemp(d.SpoolDir(), "fill-*")
 		if err != nil {
 			t.Fatal(err)
@@ -65,6 +52,46 @@ var commitPaths = []struct {
 			t.Fatal(err)
 		}
 	}},
+}
+
+var testTyped = Options{Kind: Content, MediaType: "application/vnd.oci.image.manifest.v1+json"}
+
+// writerCommit commits data with a store Writer.
+func writerCommit(opts Options) func(t *testing.T, d *Disk, key string, data []byte) error {
+	return func(t *testing.T, d *Disk, key string, data []byte) error {
+		w, err := d.Create(t.Context(), key, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		return w.Commit(t.Context(), digest.FromBytes(data))
+	}
+}
+
+// writerPartial writes half of data to a store Writer and stops.
+func writerPartial(opts Options) func(t *testing.T, d *Disk, key string, data []byte) {
+	return func(t *testing.T, d *Disk, key string, data []byte) {
+		w, err := d.Create(t.Context(), key, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(data[:len(data)/2])
+	}
+}
+
+// entryFile is the file of key's entry, typed or not.
+func entryFile(t *testing.T, d *Disk, key string, typed bool) string {
+	t.Helper()
+	p, err := d.path(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if typed {
+		p += typedSuffix
+	}
+	return p
 }
 
 // syncEvent is one call of Disk.fsync.
@@ -100,7 +127,7 @@ func TestDiskCommitSyncs(t *testing.T) {
 							t.Fatal(err)
 						}
 					}
-					events := recordSyncs(t, d, key)
+					events := recordSyncs(t, d, entryFile(t, d, key, cp.typed))
 					if err := cp.commit(t, d, key, data); err != nil {
 						t.Fatal(err)
 					}
@@ -122,14 +149,10 @@ func newTestDisk(t *testing.T) *Disk {
 	return d
 }
 
-// recordSyncs makes d record its syncs, with whether key's entry was
-// visible at each, and still sync.
-func recordSyncs(t *testing.T, d *Disk, key string) *[]syncEvent {
+// recordSyncs makes d record its syncs, with whether the entry's file,
+// final, existed at each, and still sync.
+func recordSyncs(t *testing.T, d *Disk, final string) *[]syncEvent {
 	t.Helper()
-	final, err := d.path(key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var events []syncEvent
 	d.fsync = func(f *os.File) error {
 		fi, err := f.Stat()
@@ -212,7 +235,7 @@ func TestDiskCrashDuringCommit(t *testing.T) {
 					t.Fatalf("the commit crashed: %v; the test did not reach its step", crashed)
 				}
 				if pt.lost {
-					unrename(t, d, key)
+					unrename(t, d, entryFile(t, d, key, cp.typed))
 				}
 				checkAfterCrash(t, root, key, data, pt.visible)
 			})
@@ -257,11 +280,10 @@ func crashCommit(t *testing.T, d *Disk, key string, data []byte,
 	return !finished
 }
 
-// unrename moves key's entry back to the spool, where it was before the
-// rename that a power cut lost.
-func unrename(t *testing.T, d *Disk, key string) {
+// unrename moves the entry's file p back to the spool, where it was before
+// the rename that a power cut lost.
+func unrename(t *testing.T, d *Disk, p string) {
 	t.Helper()
-	p, _ := d.path(key)
 	if err := os.Rename(p, filepath.Join(d.spool, "create-lost")); err != nil {
 		t.Fatal(err)
 	}

@@ -14,13 +14,15 @@ import (
 )
 
 // This file holds what an evictor needs of a store (cachestore/evict): a
-// list of the committed entries with their last use, a way to record a use
-// so that it survives a restart, word of every commit and read, and a delete
-// that cannot remove an entry a commit just put in place.
+// list of the committed entries with their last use, the size of one, a way
+// to record a use so that it survives a restart, word of every commit and
+// read, and a delete that cannot remove an entry a commit just put in place.
 
-// Entry is a committed entry as Walk reports it.
+// Entry is a committed entry as Walk and Stat report it.
 type Entry struct {
-	Key  string
+	Key string
+	// Size is the bytes the entry takes in the store: on disk, those of
+	// its file, media type line included.
 	Size int64
 	// LastUse is when the entry was last committed or touched (on disk,
 	// the file's modification time).
@@ -33,6 +35,13 @@ type Walker interface {
 	// until fn returns an error, which Walk then returns. Entries committed
 	// or deleted while it runs may or may not be reported.
 	Walk(ctx context.Context, fn func(Entry) error) error
+}
+
+// Stater is implemented by stores that can report an entry without opening
+// it: an evictor sizes so the entries it learned of from a read.
+type Stater interface {
+	// Stat reports key's entry, or returns ErrNotFound.
+	Stat(ctx context.Context, key string) (Entry, error)
 }
 
 // Toucher is implemented by stores that keep an entry's last use (Disk: as
@@ -70,6 +79,7 @@ type observerBox struct{ Observer }
 
 var (
 	_ Walker      = (*Disk)(nil)
+	_ Stater      = (*Disk)(nil)
 	_ Toucher     = (*Disk)(nil)
 	_ CondDeleter = (*Disk)(nil)
 )
@@ -91,24 +101,61 @@ func (d *Disk) opened(key string) {
 	}
 }
 
-// importFile renames src into key's place under key's lock, so that DeleteIf
-// of key sees the entry before the rename or after it, and tells the
-// observer.
-func (d *Disk) importFile(src, key string) error {
+// commitFile renames src into key's place (its typed file if typed) under
+// key's lock, so that DeleteIf of key sees the entry before the rename or
+// after it, and tells the observer. It reports whether it installed src:
+//   - a Content entry that key already has stays, and src is removed
+//     instead (a second process on the root may race this check; both
+//     then install the same bytes);
+//   - a Record replaces both of key's files: the new one is renamed into
+//     place, then the other removed. Open looks at the untyped file first,
+//     so a reader finds the old entry or the new one, and a crash between
+//     the two steps leaves the old entry, as if the commit had not
+//     happened, or the new one.
+//
+// Either way the observer hears of a commit: a Content entry committed
+// again is in use.
+func (d *Disk) commitFile(src, key string, kind Kind, typed bool) (bool, error) {
 	fi, err := os.Stat(src)
 	if err != nil {
-		return err
+		return false, err
 	}
+	p, _ := d.path(key) // commitFile's callers checked the key
 	mu := d.keys.of(key)
 	mu.Lock()
 	defer mu.Unlock()
-	if err := d.dv.Import(src, key, true); err != nil {
-		return err
+	if kind == Content {
+		if e, err := d.stat(key, p); err == nil {
+			if err := os.Remove(src); err != nil {
+				return false, err
+			}
+			d.committed(key, e.Size)
+			return false, nil
+		}
 	}
+	name, other := key, p+typedSuffix
+	if typed {
+		name, other = key+typedSuffix, p
+	}
+	if err := d.dv.Import(src, name, true); err != nil {
+		return false, err
+	}
+	if kind == Record {
+		if _, err := regularFile(other); err == nil {
+			if err := os.Remove(other); err != nil {
+				return false, err
+			}
+		}
+	}
+	d.committed(key, fi.Size())
+	return true, nil
+}
+
+// committed tells the observer, if any, of a commit of key.
+func (d *Disk) committed(key string, size int64) {
 	if b := d.obs.Load(); b != nil {
-		b.Committed(key, fi.Size())
+		b.Committed(key, size)
 	}
-	return nil
 }
 
 // keyLocks is a fixed set of mutexes that keys hash onto: a commit and a
@@ -124,6 +171,52 @@ func (k *keyLocks) of(key string) *sync.Mutex {
 	return &k.mu[maphash.String(k.seed, key)%uint64(len(k.mu))]
 }
 
+// files returns the files that exist of the entry whose untyped file is p:
+// that one, its typed one, or (after a crash mid-commit of a Record) both.
+func (d *Disk) files(p string) ([]string, error) {
+	var found []string
+	for _, f := range [...]string{p, p + typedSuffix} {
+		_, err := regularFile(f)
+		switch {
+		case err == nil:
+			found = append(found, f)
+		case !isNotFound(err):
+			return nil, err
+		}
+	}
+	if len(found) == 0 {
+		return nil, fs.ErrNotExist
+	}
+	return found, nil
+}
+
+// Stat implements Stater, for the file Open would read. Local metadata
+// calls are short, so ctx is not consulted.
+func (d *Disk) Stat(_ context.Context, key string) (Entry, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return Entry{}, err
+	}
+	e, err := d.stat(key, p)
+	if err != nil {
+		return Entry{}, statErr("stat", key, err)
+	}
+	return e, nil
+}
+
+// stat is Stat of a checked key whose untyped file is at p.
+func (d *Disk) stat(key, p string) (Entry, error) {
+	files, err := d.files(p)
+	if err != nil {
+		return Entry{}, err
+	}
+	fi, err := regularFile(files[0])
+	if err != nil {
+		return Entry{}, err
+	}
+	return Entry{Key: key, Size: fi.Size(), LastUse: fi.ModTime()}, nil
+}
+
 // DeleteIf implements CondDeleter. Unlike Delete it leaves the directories
 // that hold the entry in place, even when empty: a second process (regproxy
 // cache gc beside a server) could otherwise remove one between another's
@@ -136,31 +229,36 @@ func (d *Disk) DeleteIf(_ context.Context, key string, cond func() bool) (bool, 
 	mu := d.keys.of(key)
 	mu.Lock()
 	defer mu.Unlock()
-	fi, err := os.Lstat(p)
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fs.ErrNotExist
-	}
+	files, err := d.files(p)
 	if err != nil {
 		return false, statErr("delete", key, err)
 	}
 	if !cond() {
 		return false, nil
 	}
-	if err := os.Remove(p); err != nil {
-		return false, statErr("delete", key, err)
+	for _, f := range files {
+		if err := os.Remove(f); err != nil && !isNotFound(err) {
+			return false, statErr("delete", key, err)
+		}
 	}
 	return true, nil
 }
 
-// Touch implements Toucher: it sets the file's modification time, leaving
-// its access time alone.
+// Touch implements Toucher: it sets the modification time of the entry's
+// file, leaving its access time alone.
 func (d *Disk) Touch(_ context.Context, key string, t time.Time) error {
 	p, err := d.path(key)
 	if err != nil {
 		return err
 	}
-	if err := os.Chtimes(p, time.Time{}, t); err != nil {
+	files, err := d.files(p)
+	if err != nil {
 		return statErr("touch", key, err)
+	}
+	for _, f := range files {
+		if err := os.Chtimes(f, time.Time{}, t); err != nil {
+			return statErr("touch", key, err)
+		}
 	}
 	return nil
 }
@@ -218,18 +316,24 @@ func (d *Disk) walkDir(ctx context.Context, rel string, fn func(Entry) error) er
 
 // entryAt turns a file at rel (slash-separated, under the root) into an
 // Entry: its key is rel without the fan-out directory, which must be the
-// one layout gives that key.
+// one layout gives that key, and without typedSuffix. An entry in both of
+// its files (after a crash mid-commit) is reported twice.
 func (d *Disk) entryAt(rel string, de fs.DirEntry) (Entry, bool) {
 	if !de.Type().IsRegular() {
 		return Entry{}, false
 	}
 	dir, name := pathSplit(rel)
+	name, typed := strings.CutSuffix(name, typedSuffix)
 	key := name
 	if parent, _ := pathSplit(dir); parent != "" {
 		key = parent + "/" + name
 	}
 	// path puts key's file at rel only if the fan-out directory is its own.
-	if p, err := d.path(key); err != nil || p != filepath.Join(d.root, filepath.FromSlash(rel)) {
+	p, err := d.path(key)
+	if typed {
+		p += typedSuffix
+	}
+	if err != nil || p != filepath.Join(d.root, filepath.FromSlash(rel)) {
 		return Entry{}, false
 	}
 	fi, err := de.Info()

@@ -69,8 +69,8 @@ func TestDiskTouch(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, err := d.Stat(t.Context(), key)
-	if err != nil || !info.ModTime.Equal(when) {
-		t.Errorf("after Touch: %v, %v; want mod time %v", info.ModTime, err, when)
+	if err != nil || !info.LastUse.Equal(when) {
+		t.Errorf("after Touch: %v, %v; want last use %v", info.LastUse, err, when)
 	}
 }
 

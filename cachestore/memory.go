@@ -10,19 +10,18 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Memory is a Store (and Deleter) that keeps entries in memory, for tests.
-// Its semantics are those of Disk: Commit verifies, and an entry is invisible
-// until then.
+// Memory is a Store (and Deleter and Stater) that keeps entries in
+// memory, for tests. Its semantics are those of Disk: Commit verifies, and
+// an entry is invisible until then.
 type Memory struct {
 	mu      sync.RWMutex // guards entries, never held while copying bytes
 	entries map[string]memEntry
 }
 
 var (
-	_ Store       = (*Memory)(nil)
-	_ Deleter     = (*Memory)(nil)
-	_ TypedWriter = (*memWriter)(nil)
-	_ TypedReader = memReader{}
+	_ Store   = (*Memory)(nil)
+	_ Deleter = (*Memory)(nil)
+	_ Stater  = (*Memory)(nil)
 )
 
 // memEntry is a committed entry. data is never modified after commit, so
@@ -52,13 +51,13 @@ func (m *Memory) get(op, key string) (memEntry, error) {
 	return e, nil
 }
 
-// Stat implements Store.
-func (m *Memory) Stat(_ context.Context, key string) (Info, error) {
+// Stat implements Stater.
+func (m *Memory) Stat(_ context.Context, key string) (Entry, error) {
 	e, err := m.get("stat", key)
 	if err != nil {
-		return Info{}, err
+		return Entry{}, err
 	}
-	return Info{Size: int64(len(e.data)), ModTime: e.modTime}, nil
+	return Entry{Key: key, Size: int64(len(e.data)), LastUse: e.modTime}, nil
 }
 
 // memReader adds Close and MediaType to a bytes.Reader, which already has
@@ -70,7 +69,7 @@ type memReader struct {
 
 func (memReader) Close() error { return nil }
 
-// MediaType implements TypedReader.
+// MediaType implements Reader.
 func (r memReader) MediaType() string { return r.mediaType }
 
 // Open implements Store.
@@ -83,11 +82,14 @@ func (m *Memory) Open(_ context.Context, key string) (Reader, error) {
 }
 
 // Create implements Store.
-func (m *Memory) Create(_ context.Context, key string) (Writer, error) {
+func (m *Memory) Create(_ context.Context, key string, opts Options) (Writer, error) {
 	if !ValidKey(key) {
 		return nil, fmt.Errorf("%w: %q", ErrInvalidKey, key)
 	}
-	return &memWriter{m: m, key: key}, nil
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("cachestore: create %s: %w", key, err)
+	}
+	return &memWriter{m: m, key: key, opts: opts}, nil
 }
 
 // Delete implements Deleter.
@@ -107,15 +109,12 @@ func (m *Memory) Delete(_ context.Context, key string) error {
 // memWriter buffers an entry until Commit. It is meant for one goroutine at
 // a time.
 type memWriter struct {
-	m         *Memory
-	key       string
-	mediaType string
-	buf       bytes.Buffer
-	done      bool // committed or discarded
+	m    *Memory
+	key  string
+	opts Options
+	buf  bytes.Buffer
+	done bool // committed or discarded
 }
-
-// SetMediaType implements TypedWriter.
-func (w *memWriter) SetMediaType(mediaType string) { w.mediaType = mediaType }
 
 // Write implements io.Writer.
 func (w *memWriter) Write(p []byte) (int, error) {
@@ -136,8 +135,11 @@ func (w *memWriter) Commit(ctx context.Context, dg digest.Digest) error {
 		return fmt.Errorf("cachestore: commit %s: %w", w.key, err)
 	}
 	w.m.mu.Lock()
-	w.m.entries[w.key] = memEntry{data: data, mediaType: w.mediaType, modTime: time.Now()}
-	w.m.mu.Unlock()
+	defer w.m.mu.Unlock()
+	if _, ok := w.m.entries[w.key]; ok && w.opts.Kind == Content {
+		return nil
+	}
+	w.m.entries[w.key] = memEntry{data: data, mediaType: w.opts.MediaType, modTime: time.Now()}
 	return nil
 }
 

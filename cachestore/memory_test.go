@@ -9,5 +9,8 @@ import (
 
 func TestMemory(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(*testing.T) cachestore.Store { return cachestore.NewMemory() })
+	storetest.Run(t, func(*testing.T) func() cachestore.Store {
+		m := cachestore.NewMemory()
+		return func() cachestore.Store { return m }
+	})
 }

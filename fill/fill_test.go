@@ -115,7 +115,10 @@ func readN(t *testing.T, r io.Reader, n int) []byte {
 }
 
 func isCommitted(store cachestore.Store, d digest.Digest) bool {
-	_, err := store.Stat(context.Background(), cachestore.BlobKey(d))
+	r, err := store.Open(context.Background(), cachestore.BlobKey(d))
+	if err == nil {
+		r.Close()
+	}
 	return err == nil
 }
 
@@ -416,8 +419,8 @@ func TestEveryReaderOfAFinishingFillReadsTheBlob(t *testing.T) {
 // brokenStore accepts writes but fails every commit, like a full disk.
 type brokenStore struct{ cachestore.Store }
 
-func (s brokenStore) Create(ctx context.Context, key string) (cachestore.Writer, error) {
-	w, err := s.Store.Create(ctx, key)
+func (s brokenStore) Create(ctx context.Context, key string, opts cachestore.Options) (cachestore.Writer, error) {
+	w, err := s.Store.Create(ctx, key, opts)
 	return brokenWriter{w}, err
 }
 

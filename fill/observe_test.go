@@ -68,8 +68,8 @@ func blocked(ctx context.Context, _ int64) (fill.Body, error) {
 // failCommit is a store whose writers never commit.
 type failCommit struct{ cachestore.Store }
 
-func (s failCommit) Create(ctx context.Context, key string) (cachestore.Writer, error) {
-	w, err := s.Store.Create(ctx, key)
+func (s failCommit) Create(ctx context.Context, key string, opts cachestore.Options) (cachestore.Writer, error) {
+	w, err := s.Store.Create(ctx, key, opts)
 	return failingWriter{w}, err
 }
 

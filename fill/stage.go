@@ -58,7 +58,7 @@ func (s *stager) run() {
 // is verified and the writer has every byte.
 func (s *stager) copy() error {
 	f := s.fill
-	w, err := f.group.store.Create(s.ctx, cachestore.BlobKey(f.digest))
+	w, err := f.group.store.Create(s.ctx, cachestore.BlobKey(f.digest), cachestore.Options{Kind: cachestore.Content})
 	if err != nil {
 		return err
 	}

@@ -28,8 +28,11 @@ type stagingStore struct {
 	failAt   int64         // positive: the Write that would take the total past it fails
 }
 
-func (s *stagingStore) Create(ctx context.Context, key string) (cachestore.Writer, error) {
-	w, err := s.Store.Create(ctx, key)
+func (s *stagingStore) Create(ctx context.Context, key string, opts cachestore.Options) (cachestore.Writer, error) {
+	if opts.Kind != cachestore.Content {
+		return nil, errors.New("a blob is a Content entry")
+	}
+	w, err := s.Store.Create(ctx, key, opts)
 	if err != nil {
 		return nil, err
 	}

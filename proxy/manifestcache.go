@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -48,11 +49,18 @@ func newManifestCache(store cachestore.Store) *manifestCache {
 	return &manifestCache{store: store, hot: hot, tags: tags, heads: newHeadTags()}
 }
 
-// manifestMeta is stored beside a manifest body: the header a client must
-// get with it.
+// manifestMeta is the record beside a manifest body in which releases
+// before the store kept media types stored the body's Content-Type
+// (cachestore.ManifestMetaKey). It is read for manifest entries that carry
+// no media type, so that a cache written by such a release still serves.
 type manifestMeta struct {
 	ContentType string `json:"contentType"`
 }
+
+// errNoMediaType is load's error for a manifest body without a media type
+// of its own or a record of it beside it: one that an older release wrote
+// and then lost the record of (it crashed between the two writes).
+var errNoMediaType = errors.New("manifest entry without a media type")
 
 // tagRecord says which manifest a tag named, for one Accept header, and
 // when upstream last confirmed it.
@@ -70,23 +78,33 @@ type tagRecord struct {
 	// while upstream is down.
 	Open      bool      `json:"open,omitempty"`
 	Validated time.Time `json:"validated"`
+	// Expires is Validated plus the tag's TTL under the rules in force when
+	// it was written (see Proxy.tagTTL), for `cache ls` to show: equal to
+	// Validated for a TTL of zero, zero in records written before TTL
+	// rules. The proxy itself goes by the rules in force now.
+	Expires time.Time `json:"expires,omitzero"`
 }
 
 // load returns the manifest with digest d, or an error wrapping
-// cachestore.ErrNotFound.
+// cachestore.ErrNotFound. A manifest is one entry, body and media type,
+// read at once; one that an older release wrote without its type has the
+// type in a record beside it.
 func (c *manifestCache) load(ctx context.Context, d digest.Digest) (*cachedManifest, error) {
 	if m, ok := c.hot.Get(d); ok {
 		return m, nil
 	}
-	var meta manifestMeta
-	if err := c.readJSON(ctx, cachestore.ManifestMetaKey(d), &meta); err != nil {
-		return nil, err
-	}
-	body, err := c.read(ctx, cachestore.ManifestKey(d), maxManifestSize)
+	body, mediaType, err := c.read(ctx, cachestore.ManifestKey(d), maxManifestSize)
 	if err != nil {
 		return nil, err
 	}
-	m := &cachedManifest{Body: body, ContentType: meta.ContentType, Digest: d}
+	if mediaType == "" {
+		var meta manifestMeta
+		if err := c.readJSON(ctx, cachestore.ManifestMetaKey(d), &meta); err != nil {
+			return nil, fmt.Errorf("%s: %w: %w", d, errNoMediaType, err)
+		}
+		mediaType = meta.ContentType
+	}
+	m := &cachedManifest{Body: body, ContentType: mediaType, Digest: d}
 	c.remember(m)
 	return m, nil
 }
@@ -97,22 +115,30 @@ func (c *manifestCache) remember(m *cachedManifest) {
 	}
 }
 
-// save stores a verified manifest: the body first, then its meta record,
-// so that a reader that finds the meta always finds the body.
+// save stores a verified manifest with its media type, as one Content
+// entry.
 //
 // A manifest already cached is left as it is: its bytes are the same, and
 // the media type stored with them stays the one first seen, so that a
 // second repository serving the same bytes under another type cannot
-// change what the first one's clients get.
+// change what the first one's clients get. (The store keeps the first
+// commit of a Content entry anyway, as replicas sharing it race.)
+//
+// A body that an older release stored without its record stays too, since
+// its entry is never replaced: the record is written beside it instead.
 func (c *manifestCache) save(ctx context.Context, m *cachedManifest) error {
-	if _, err := c.load(ctx, m.Digest); err == nil {
+	_, err := c.load(ctx, m.Digest)
+	switch {
+	case err == nil:
 		return nil
+	case errors.Is(err, errNoMediaType):
+		meta, _ := json.Marshal(manifestMeta{ContentType: m.ContentType})
+		err = c.write(ctx, cachestore.ManifestMetaKey(m.Digest), cachestore.Options{Kind: cachestore.Record}, meta, digest.FromBytes(meta))
+	default:
+		opts := cachestore.Options{Kind: cachestore.Content, MediaType: m.ContentType}
+		err = c.write(ctx, cachestore.ManifestKey(m.Digest), opts, m.Body, m.Digest)
 	}
-	if err := c.write(ctx, cachestore.ManifestKey(m.Digest), m.Body, m.Digest); err != nil {
-		return err
-	}
-	meta, _ := json.Marshal(manifestMeta{ContentType: m.ContentType})
-	if err := c.write(ctx, cachestore.ManifestMetaKey(m.Digest), meta, digest.FromBytes(meta)); err != nil {
+	if err != nil {
 		return err
 	}
 	c.remember(m)
@@ -148,15 +174,15 @@ func (c *manifestCache) readTag(ctx context.Context, key string) (tagRecord, err
 
 func (c *manifestCache) saveTag(ctx context.Context, key string, rec tagRecord) error {
 	b, _ := json.Marshal(rec)
-	if err := c.write(ctx, key, b, digest.FromBytes(b)); err != nil {
+	if err := c.write(ctx, key, cachestore.Options{Kind: cachestore.Record}, b, digest.FromBytes(b)); err != nil {
 		return err
 	}
 	c.tags.Add(key, rec)
 	return nil
 }
 
-func (c *manifestCache) write(ctx context.Context, key string, b []byte, d digest.Digest) error {
-	w, err := c.store.Create(ctx, key)
+func (c *manifestCache) write(ctx context.Context, key string, opts cachestore.Options, b []byte, d digest.Digest) error {
+	w, err := c.store.Create(ctx, key, opts)
 	if err != nil {
 		return err
 	}
@@ -167,24 +193,25 @@ func (c *manifestCache) write(ctx context.Context, key string, b []byte, d diges
 	return w.Commit(ctx, d)
 }
 
-func (c *manifestCache) read(ctx context.Context, key string, limit int64) ([]byte, error) {
+// read returns the entry under key, and its media type.
+func (c *manifestCache) read(ctx context.Context, key string, limit int64) ([]byte, string, error) {
 	rd, err := c.store.Open(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer rd.Close()
 	if rd.Size() > limit {
-		return nil, fmt.Errorf("%s: %d bytes, more than %d", key, rd.Size(), limit)
+		return nil, "", fmt.Errorf("%s: %d bytes, more than %d", key, rd.Size(), limit)
 	}
 	b := make([]byte, rd.Size())
 	if _, err := io.ReadFull(rd, b); err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
+		return nil, "", fmt.Errorf("read %s: %w", key, err)
 	}
-	return b, nil
+	return b, rd.MediaType(), nil
 }
 
 func (c *manifestCache) readJSON(ctx context.Context, key string, v any) error {
-	b, err := c.read(ctx, key, maxRecordSize)
+	b, _, err := c.read(ctx, key, maxRecordSize)
 	if err != nil {
 		return err
 	}

@@ -41,7 +41,7 @@ func FuzzLoadTag(f *testing.F) {
 			t.Fatal(err)
 		}
 		key := tagRecordKey("registry.test:443", "library/alpine", "latest", "", "")
-		if err := c.write(ctx, key, record, digest.FromBytes(record)); err != nil {
+		if err := c.write(ctx, key, cachestore.Options{Kind: cachestore.Record}, record, digest.FromBytes(record)); err != nil {
 			t.Fatal(err)
 		}
 		rec, m, err := c.loadTag(ctx, key)

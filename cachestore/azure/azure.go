@@ -6,11 +6,16 @@
 // at start. It does not own fills, spooling or eviction, and knows nothing
 // of registries.
 //
-// Each key is the name of one block blob. Content-addressed keys (blobs/...
-// and manifests/... except *.meta) are committed with If-None-Match: *, so
-// that the first commit wins and a second one of the same content is a
-// no-op. Every other key is a record, overwritten by each commit (last write
-// wins). Media types are kept as the blob's Content-Type.
+// Each key is the name of one block blob. Content entries
+// (cachestore.Content) are committed with If-None-Match: *, so that the first
+// commit wins and a second one of the same content is a no-op, however many
+// replicas race. Records are overwritten by each commit (last write wins).
+// The kind is kept in the blob's metadata, so that a reader can tell a
+// local tier whether it may keep a copy (see cachestore.KindReader). Media
+// types are kept as the blob's Content-Type, so a manifest and its
+// type come back in one download; a blob without one reads back as having
+// none, and so does one committed with application/octet-stream, which is
+// what Azure reports for a blob stored without a Content-Type.
 package azure
 
 import (
@@ -26,14 +31,13 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/regproxy/regproxy/cachestore"
 )
 
-// Store is a cachestore.Store (and Deleter) in one Azure container. Its
-// writers are cachestore.TypedWriters and its readers cachestore.TypedReaders.
-// It is safe for concurrent use; call Close when done with it.
+// Store is a cachestore.Store (and Deleter, Stater, Walker and
+// CondDeleter) in one Azure container. It is safe for concurrent use; call
+// Close when done with it.
 type Store struct {
 	c     *container.Client
 	where string // the container URL without its query (which may hold a SAS), for errors
@@ -48,6 +52,7 @@ type Store struct {
 var (
 	_ cachestore.Store   = (*Store)(nil)
 	_ cachestore.Deleter = (*Store)(nil)
+	_ cachestore.Stater  = (*Store)(nil)
 )
 
 // checkTimeout bounds New's check of the container, whatever ctx allows.
@@ -131,24 +136,24 @@ func (s *Store) blob(key string) (*blob.Client, error) {
 	return s.c.NewBlobClient(key), nil
 }
 
-// Stat implements cachestore.Store with one HEAD request.
-func (s *Store) Stat(ctx context.Context, key string) (cachestore.Info, error) {
+// Stat implements cachestore.Stater with one HEAD request. An entry's last
+// use is when it was last committed, or last accessed where the account
+// tracks access (see lastUse).
+func (s *Store) Stat(ctx context.Context, key string) (cachestore.Entry, error) {
 	b, err := s.blob(key)
 	if err != nil {
-		return cachestore.Info{}, err
+		return cachestore.Entry{}, err
 	}
 	p, err := b.GetProperties(ctx, nil)
 	if err != nil {
-		return cachestore.Info{}, opErr("stat", key, err)
+		return cachestore.Entry{}, opErr("stat", key, err)
 	}
-	info := cachestore.Info{}
+	e := cachestore.Entry{Key: key}
 	if p.ContentLength != nil {
-		info.Size = *p.ContentLength
+		e.Size = *p.ContentLength
 	}
-	if p.LastModified != nil {
-		info.ModTime = *p.LastModified
-	}
-	return info, nil
+	e.LastUse = lastUse(p.LastModified, p.LastAccessed)
+	return e, nil
 }
 
 // Delete implements cachestore.Deleter. Readers that already opened the
@@ -164,20 +169,25 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// contentAddressed reports whether key names immutable content, and if so
-// the digest algorithm its second component names (which may be
-// unavailable). Such keys are "blobs/ALG/HEX" and "manifests/ALG/HEX", the
-// keys of cachestore.BlobKey and cachestore.ManifestKey; ManifestMetaKey's
-// "manifests/ALG/HEX.meta" is a record.
-func contentAddressed(key string) (digest.Algorithm, bool) {
-	parts := strings.Split(key, "/")
-	if len(parts) != 3 || parts[0] != "blobs" && parts[0] != "manifests" {
-		return "", false
+// kindMetadata is the name of the blob metadata that holds the entry's
+// kind: "content" or "record".
+const kindMetadata = "kind"
+
+// kindOf reads the entry's kind from a blob's metadata, or 0 for a blob that
+// has none (committed by an earlier release). The SDK gives the names as
+// the response's headers spell them.
+func kindOf(metadata map[string]*string) cachestore.Kind {
+	for name, v := range metadata {
+		if !strings.EqualFold(name, kindMetadata) || v == nil {
+			continue
+		}
+		for _, k := range []cachestore.Kind{cachestore.Content, cachestore.Record} {
+			if *v == k.String() {
+				return k
+			}
+		}
 	}
-	if strings.Contains(parts[2], ".") {
-		return "", false
-	}
-	return digest.Algorithm(parts[1]), true
+	return 0
 }
 
 // mediaTypeOf maps a blob's Content-Type back to the entry's media type.

@@ -50,9 +50,9 @@ type Config struct {
 	// arrive (default 4 MiB). An entry no larger than one block is stored
 	// with a single request at Commit.
 	BlockSize int
-	// BlocksInFlight bounds the blocks one writer uploads at once (default
-	// 4); Write waits when they are all busy. A writer holds at most
-	// BlocksInFlight+1 blocks in memory.
+	// BlocksInFlight bounds the blocks one writer holds in memory, the
+	// one it fills and those it uploads (default 4); Write waits for an
+	// upload to end when it needs a new block while they are all taken.
 	BlocksInFlight int
 }
 

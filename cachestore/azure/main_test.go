@@ -55,27 +55,23 @@ func newStore(t testing.TB, cfg Config) *Store {
 	return s
 }
 
+// TestConformance runs the suite on a container per subtest, each store
+// of it a replica of its own.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(t *testing.T) cachestore.Store { return newStore(t, testConfig(t)) })
+	storetest.Run(t, func(t *testing.T) func() cachestore.Store {
+		cfg := testConfig(t)
+		return func() cachestore.Store { return newStore(t, cfg) }
+	})
 }
 
 // TestConformanceDefaults runs the suite with the default sizes, where
 // every entry of the suite fits in one block and is put whole.
 func TestConformanceDefaults(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(t *testing.T) cachestore.Store {
+	storetest.Run(t, func(t *testing.T) func() cachestore.Store {
 		cfg := testConfig(t)
 		cfg.BlockSize, cfg.BlocksInFlight = 0, 0
-		return newStore(t, cfg)
-	})
-}
-
-// TestShared runs the two-replica cases on two stores of one container.
-func TestShared(t *testing.T) {
-	t.Parallel()
-	storetest.RunShared(t, func(t *testing.T) (cachestore.Store, cachestore.Store) {
-		cfg := testConfig(t)
-		return newStore(t, cfg), newStore(t, cfg)
+		return func() cachestore.Store { return newStore(t, cfg) }
 	})
 }

@@ -22,6 +22,8 @@ const firstChunk = 256 << 10
 
 var errClosed = errors.New("cachestore/azure: reader closed")
 
+var _ cachestore.KindReader = (*reader)(nil)
+
 // Open implements cachestore.Store. It downloads the entry's first bytes
 // with its properties in one request, so that a small entry costs one round
 // trip. ctx bounds Open only: the reader's later downloads end at Close.
@@ -52,6 +54,7 @@ type reader struct {
 	size      int64
 	etag      azcore.ETag // of the entry opened: a record replaced since is not mixed in
 	mediaType string
+	kind      cachestore.Kind
 
 	ctx    context.Context // of every download after Open; canceled by Close
 	cancel context.CancelFunc
@@ -62,8 +65,6 @@ type reader struct {
 	stream    io.ReadCloser // the download of the rest of the entry from streamOff; nil if none
 	streamOff int64         //
 }
-
-var _ cachestore.TypedReader = (*reader)(nil)
 
 // open makes Open's first download, learning the entry's size, ETag and
 // media type, and keeps the bytes as the head.
@@ -78,7 +79,7 @@ func (r *reader) open(ctx context.Context) error {
 		return opErr("open", r.key, err)
 	}
 	defer resp.Body.Close()
-	r.etag, r.mediaType = etagOf(resp.ETag), mediaTypeOf(resp.ContentType)
+	r.etag, r.mediaType, r.kind = etagOf(resp.ETag), mediaTypeOf(resp.ContentType), kindOf(resp.Metadata)
 	if resp.ContentLength == nil || *resp.ContentLength > firstChunk {
 		return fmt.Errorf("cachestore/azure: open %s: asked for %d bytes, got a Content-Length of %v",
 			r.key, firstChunk, resp.ContentLength)
@@ -107,7 +108,7 @@ func (r *reader) openEmpty(ctx context.Context) error {
 	if p.ContentLength == nil || *p.ContentLength != 0 {
 		return fmt.Errorf("cachestore/azure: open %s: range 0 not satisfiable, yet the entry is not empty", r.key)
 	}
-	r.etag, r.mediaType = etagOf(p.ETag), mediaTypeOf(p.ContentType)
+	r.etag, r.mediaType, r.kind = etagOf(p.ETag), mediaTypeOf(p.ContentType), kindOf(p.Metadata)
 	return nil
 }
 
@@ -124,8 +125,11 @@ func totalSize(contentRange string) (int64, error) {
 // Size implements cachestore.Reader.
 func (r *reader) Size() int64 { return r.size }
 
-// MediaType implements cachestore.TypedReader.
+// MediaType implements cachestore.Reader.
 func (r *reader) MediaType() string { return r.mediaType }
+
+// Kind implements cachestore.KindReader.
+func (r *reader) Kind() cachestore.Kind { return r.kind }
 
 // Read implements io.Reader: from the head if it holds pos, else from the
 // stream if it is at pos. Otherwise, a Read right after the head opens the
@@ -179,6 +183,10 @@ func (r *reader) fetchHead() error {
 // connection that breaks mid-body is resumed where it stopped, as long as
 // the entry is the one opened.
 func (r *reader) openStream() error {
+	if zzChunk > 0 {
+		r.openChunks()
+		return nil
+	}
 	resp, err := r.b.DownloadStream(r.ctx, &blob.DownloadStreamOptions{
 		Range:            blob.HTTPRange{Offset: r.pos, Count: r.size - r.pos},
 		AccessConditions: r.ifMatch(),

@@ -3,6 +3,7 @@ package azure
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -53,11 +54,10 @@ func TestOpenSmallEntryOneRequest(t *testing.T) {
 	s := newStore(t, cfg)
 	manifest := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
 	key := cachestore.ManifestKey(digest.FromBytes(manifest))
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, cachestore.Options{Kind: cachestore.Content, MediaType: "application/vnd.oci.image.manifest.v1+json"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.(cachestore.TypedWriter).SetMediaType("application/vnd.oci.image.manifest.v1+json")
 	w.Write(manifest)
 	if err := w.Commit(t.Context(), digest.FromBytes(manifest)); err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestOpenSmallEntryOneRequest(t *testing.T) {
 	if err != nil || !bytes.Equal(got, manifest) {
 		t.Errorf("manifest read = %q, %v", got, err)
 	}
-	if mt := r.(cachestore.TypedReader).MediaType(); mt != "application/vnd.oci.image.manifest.v1+json" {
+	if mt := r.MediaType(); mt != "application/vnd.oci.image.manifest.v1+json" {
 		t.Errorf("MediaType = %q", mt)
 	}
 	if n := c.requests.Load(); n != 1 {
@@ -194,7 +194,7 @@ func TestRecordReplacedWhileReading(t *testing.T) {
 	s := newStore(t, cfg)
 	key := cachestore.TagKey("feed")
 	first := data(13, 2*firstChunk)
-	put(t, s, key, first)
+	putOpts(t, s, key, record, first)
 	r, err := s.Open(t.Context(), key)
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +204,7 @@ func TestRecordReplacedWhileReading(t *testing.T) {
 	if _, err := io.ReadFull(r, buf); err != nil {
 		t.Fatal(err)
 	}
-	put(t, s, key, data(14, 2*firstChunk))
+	putOpts(t, s, key, record, data(14, 2*firstChunk))
 	_, err = io.ReadAll(r)
 	if err == nil || !strings.Contains(err.Error(), "replaced since Open") {
 		t.Errorf("read on after the record was replaced: %v, want an error saying so", err)
@@ -243,7 +243,7 @@ func BenchmarkRead(b *testing.B) {
 	s := newStore(b, cfg)
 	blob := data(18, 64<<20)
 	key := cachestore.BlobKey(digest.FromBytes(blob))
-	w, err := s.Create(b.Context(), key)
+	w, err := s.Create(b.Context(), key, content)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -295,5 +295,44 @@ func BenchmarkRead(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestKind reads back the kind each entry was committed as, for a local
+// tier to tell what it may keep; a blob an earlier release wrote has none.
+func TestKind(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	for _, tt := range []struct {
+		opts cachestore.Options
+		size int
+	}{
+		{content, 10}, {record, 10}, {content, 3 * cfg.BlockSize}, {record, 3 * cfg.BlockSize},
+		{cachestore.Options{Kind: cachestore.Content, MediaType: "text/plain"}, 0},
+	} {
+		b := data(20, tt.size)
+		key := cachestore.TagKey(fmt.Sprintf("%s%d", tt.opts.Kind, tt.size))
+		putOpts(t, s, key, tt.opts, b)
+		r, err := s.Open(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		if got := r.(cachestore.KindReader).Kind(); got != tt.opts.Kind {
+			t.Errorf("%s: Kind = %v, want %v", key, got, tt.opts.Kind)
+		}
+	}
+	legacy := cachestore.BlobKey(digest.FromString("legacy"))
+	if _, err := s.c.NewBlockBlobClient(legacy).UploadBuffer(t.Context(), []byte("legacy"), nil); err != nil {
+		t.Fatal(short(err))
+	}
+	r, err := s.Open(t.Context(), legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if got := r.(cachestore.KindReader).Kind(); got != 0 {
+		t.Errorf("a blob without metadata: Kind = %v, want 0", got)
 	}
 }

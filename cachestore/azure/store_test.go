@@ -198,31 +198,6 @@ func TestConnectionString(t *testing.T) {
 	wantData(t, newStore(t, cfg), key, data)
 }
 
-func TestContentAddressed(t *testing.T) {
-	t.Parallel()
-	d := digest.FromString("x")
-	tests := []struct {
-		key     string
-		alg     digest.Algorithm
-		content bool
-	}{
-		{cachestore.BlobKey(d), digest.SHA256, true},
-		{cachestore.ManifestKey(d), digest.SHA256, true},
-		{cachestore.BlobKey(digest.SHA512.FromString("x")), digest.SHA512, true},
-		{cachestore.ManifestMetaKey(d), "", false},
-		{cachestore.TagKey("ab"), "", false},
-		{"blobs/sha256", "", false},
-		{"blobs/sha256/ab/cd", "", false},
-		{"x/y", "", false},
-	}
-	for _, tt := range tests {
-		alg, content := contentAddressed(tt.key)
-		if alg != tt.alg || content != tt.content {
-			t.Errorf("contentAddressed(%q) = %q, %v; want %q, %v", tt.key, alg, content, tt.alg, tt.content)
-		}
-	}
-}
-
 // TestConfigStringHidesSecrets formats configurations as a log line would.
 func TestConfigStringHidesSecrets(t *testing.T) {
 	t.Parallel()

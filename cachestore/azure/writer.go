@@ -37,18 +37,21 @@ const maxBlocks = 50000
 // uploads as well as Create: once it ends, Write and Commit fail. Uploads
 // start as soon as a block is full, but Azure shows the entry only when
 // Commit has verified the digest and committed the block list.
-func (s *Store) Create(ctx context.Context, key string) (cachestore.Writer, error) {
+//
+// The bytes are hashed with sha256 as they arrive, the algorithm of every
+// digest registries use. An entry that fits in one block can be committed
+// under a digest of any algorithm; a larger one only under sha256, since its
+// blocks cannot be read back before they are committed.
+func (s *Store) Create(ctx context.Context, key string, opts cachestore.Options) (cachestore.Writer, error) {
 	if _, err := s.blob(key); err != nil {
 		return nil, err
 	}
-	alg, content := contentAddressed(key)
-	hashes := map[digest.Algorithm]hash.Hash{digest.SHA256: digest.SHA256.Hash()}
-	if content && alg != digest.SHA256 && alg.Available() {
-		hashes[alg] = alg.Hash()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("cachestore/azure: create %s: %w", key, err)
 	}
 	w := &writer{
-		s: s, key: key, bb: s.c.NewBlockBlobClient(key), content: content,
-		hashes: hashes, sem: make(chan struct{}, s.cfg.BlocksInFlight),
+		s: s, key: key, bb: s.c.NewBlockBlobClient(key), kind: opts.Kind, content: opts.Kind == cachestore.Content,
+		mediaType: opts.MediaType, h: digest.SHA256.Hash(), sem: make(chan struct{}, s.cfg.BlocksInFlight),
 	}
 	// Block IDs are unique to this writer: writers of one key stage into
 	// the same blob, and a shared ID would let one overwrite another's block.
@@ -66,12 +69,13 @@ type writer struct {
 	s         *Store
 	key       string
 	bb        *blockblob.Client
-	content   bool // content-addressed: committed with If-None-Match: *
-	mediaType string
+	kind      cachestore.Kind // kept in the blob's metadata
+	content   bool            // a cachestore.Content entry: committed with If-None-Match: *
+	mediaType string          // the blob's Content-Type; "" for none
 	nonce     [8]byte
-	hashes    map[digest.Algorithm]hash.Hash // of the bytes written, by algorithm
+	h         hash.Hash // sha256 of the bytes written
 
-	cur    *[]byte  // the block being filled, from s.blocks; nil before the first byte
+	cur    *[]byte  // the block being filled, from s.blocks, with a token of sem; nil when none is
 	curLen int      // bytes in cur
 	ids    []string // IDs of the blocks staged so far, in order
 	done   bool     // committed or canceled
@@ -79,20 +83,16 @@ type writer struct {
 
 	ctx    context.Context // of the uploads; canceled when the writer is done or one fails
 	cancel context.CancelFunc
-	sem    chan struct{} // one token per upload in flight, or held by the writer
-	held   int           // tokens the writer took to wait for uploads; cap(sem) means none runs or will
+	sem    chan struct{} // one token per block in memory: cur, an upload in flight, or taken by drain
+	held   int           // tokens drain took to wait for uploads; cap(sem) means none runs or will
 
 	mu  sync.Mutex // guards err
 	err error      // the first upload error
 }
 
-var _ cachestore.TypedWriter = (*writer)(nil)
-
-// SetMediaType implements cachestore.TypedWriter: the blob's Content-Type.
-func (w *writer) SetMediaType(mediaType string) { w.mediaType = mediaType }
-
 // Write implements io.Writer. It copies p into blocks, and waits only when
-// BlocksInFlight uploads are running. After a failed upload it fails.
+// it needs a new block while BlocksInFlight are in memory (uploading). After
+// a failed upload it fails.
 func (w *writer) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, errWriterDone
@@ -112,12 +112,12 @@ func (w *writer) write(p []byte) (int, error) {
 			return written, err
 		}
 		if w.cur == nil {
-			w.cur = w.s.blocks.Get().(*[]byte)
+			if err := w.newBlock(); err != nil {
+				return written, err
+			}
 		}
 		n := copy((*w.cur)[w.curLen:], p)
-		for _, h := range w.hashes {
-			h.Write(p[:n])
-		}
+		w.h.Write(p[:n])
 		w.curLen += n
 		written += n
 		p = p[n:]
@@ -130,11 +130,12 @@ func (w *writer) write(p []byte) (int, error) {
 	return written, nil
 }
 
-// stage uploads the current block in the background.
-func (w *writer) stage() error {
-	if len(w.ids) == maxBlocks {
-		return fmt.Errorf("cachestore/azure: write %s: more than %d blocks of %d bytes", w.key, maxBlocks, w.s.cfg.BlockSize)
-	}
+// newBlock takes a token and a block as cur, waiting while BlocksInFlight
+// blocks are in memory. Taking the token before the block rather than
+// before its upload bounds a writer's memory to BlocksInFlight blocks: the
+// one it fills waits its turn, which costs nothing while uploads are slower
+// than filling, and they are.
+func (w *writer) newBlock() error {
 	select {
 	case w.sem <- struct{}{}:
 	case <-w.ctx.Done():
@@ -142,6 +143,25 @@ func (w *writer) stage() error {
 			return err // it canceled ctx
 		}
 		return fmt.Errorf("cachestore/azure: write %s: %w", w.key, w.ctx.Err())
+	}
+	w.cur, w.curLen = w.s.blocks.Get().(*[]byte), 0
+	return nil
+}
+
+// dropBlock returns cur, if any, and its token.
+func (w *writer) dropBlock() {
+	if w.cur != nil {
+		w.s.blocks.Put(w.cur)
+		w.cur, w.curLen = nil, 0
+		<-w.sem
+	}
+}
+
+// stage uploads the current block in the background; the upload takes over
+// its token.
+func (w *writer) stage() error {
+	if len(w.ids) == maxBlocks {
+		return fmt.Errorf("cachestore/azure: write %s: more than %d blocks of %d bytes", w.key, maxBlocks, w.s.cfg.BlockSize)
 	}
 	buf, n := w.cur, w.curLen
 	w.cur, w.curLen = nil, 0
@@ -185,8 +205,8 @@ func (w *writer) uploadErr() error {
 }
 
 // drain waits until no upload runs, taking every token so that none starts.
-// The writer stages nothing once Commit has begun, so every token it does
-// not hold belongs to an upload.
+// The writer stages nothing once Commit has begun and holds no block (cur
+// is nil), so every token it does not hold belongs to an upload.
 func (w *writer) drain(ctx context.Context) error {
 	for w.held < cap(w.sem) {
 		select {
@@ -203,13 +223,10 @@ func (w *writer) drain(ctx context.Context) error {
 // quickly once canceled) and returns the current block to the pool.
 func (w *writer) release() {
 	w.cancel()
+	w.dropBlock()
 	for w.held < cap(w.sem) {
 		w.sem <- struct{}{}
 		w.held++
-	}
-	if w.cur != nil {
-		w.s.blocks.Put(w.cur)
-		w.cur = nil
 	}
 }
 
@@ -257,9 +274,9 @@ func (w *writer) Commit(ctx context.Context, dg digest.Digest) error {
 	return nil
 }
 
-// verify checks that the bytes written hash to dg. Only sha256 and the
-// algorithm a content key names are hashed while writing; another one can
-// be checked only while the whole entry is still in memory.
+// verify checks that the bytes written hash to dg. Only sha256 is hashed
+// while writing; another algorithm can be checked only while the whole
+// entry is still in memory.
 func (w *writer) verify(ctx context.Context, dg digest.Digest) error {
 	if err := dg.Validate(); err != nil {
 		return err
@@ -268,9 +285,9 @@ func (w *writer) verify(ctx context.Context, dg digest.Digest) error {
 		return err
 	}
 	var got digest.Digest
-	switch h, ok := w.hashes[dg.Algorithm()]; {
-	case ok:
-		got = digest.NewDigest(dg.Algorithm(), h)
+	switch {
+	case dg.Algorithm() == digest.SHA256:
+		got = digest.NewDigest(digest.SHA256, w.h)
 	case len(w.ids) == 0:
 		got = dg.Algorithm().FromBytes(w.whole())
 	default:
@@ -295,6 +312,7 @@ func (w *writer) putWhole(ctx context.Context) error {
 	body := streaming.NopCloser(bytes.NewReader(w.whole()))
 	_, err := w.bb.Upload(ctx, body, &blockblob.UploadOptions{
 		HTTPHeaders:      w.headers(),
+		Metadata:         w.metadata(),
 		AccessConditions: w.conditions(),
 	})
 	return err
@@ -308,6 +326,7 @@ func (w *writer) commitBlocks(ctx context.Context) error {
 			return err
 		}
 	}
+	w.dropBlock() // an empty one, if any
 	if err := w.drain(ctx); err != nil {
 		return err
 	}
@@ -316,13 +335,14 @@ func (w *writer) commitBlocks(ctx context.Context) error {
 	}
 	_, err := w.bb.CommitBlockList(ctx, w.ids, &blockblob.CommitBlockListOptions{
 		HTTPHeaders:      w.headers(),
+		Metadata:         w.metadata(),
 		AccessConditions: w.conditions(),
 	})
 	return err
 }
 
 // settle decides whether a commit that failed with err succeeded all the
-// same: for a content-addressed key, another writer's commit of the same
+// same: for a Content entry, another writer's commit of the same
 // content counts. That commit also discards this writer's uncommitted
 // blocks, so Azure may answer InvalidBlockList rather than a conflict. So
 // the entry must be there; if it is not, the conflict was with uncommitted
@@ -352,7 +372,12 @@ func (w *writer) headers() *blob.HTTPHeaders {
 	return &blob.HTTPHeaders{BlobContentType: to.Ptr(w.mediaType)}
 }
 
-// conditions makes the first commit of a content-addressed key the only one.
+// metadata keeps the entry's kind with it, for readers (see kindOf).
+func (w *writer) metadata() map[string]*string {
+	return map[string]*string{kindMetadata: to.Ptr(w.kind.String())}
+}
+
+// conditions makes the first commit of a Content entry the only one.
 func (w *writer) conditions() *blob.AccessConditions {
 	if !w.content {
 		return nil

@@ -28,10 +28,22 @@ func data(seed byte, n int) []byte {
 	return b
 }
 
-// put commits b under key.
+// Options of the entries the tests write.
+var (
+	content = cachestore.Options{Kind: cachestore.Content}
+	record  = cachestore.Options{Kind: cachestore.Record}
+)
+
+// put commits b under key as Content.
 func put(t *testing.T, s cachestore.Store, key string, b []byte) {
 	t.Helper()
-	w, err := s.Create(t.Context(), key)
+	putOpts(t, s, key, content, b)
+}
+
+// putOpts commits b under key with opts.
+func putOpts(t *testing.T, s cachestore.Store, key string, opts cachestore.Options, b []byte) {
+	t.Helper()
+	w, err := s.Create(t.Context(), key, opts)
 	if err != nil {
 		t.Fatalf("Create(%q): %v", key, err)
 	}
@@ -59,7 +71,7 @@ func wantData(t *testing.T, s cachestore.Store, key string, want []byte) {
 }
 
 // wantGone fails unless Stat and Open of key report ErrNotFound.
-func wantGone(t *testing.T, s cachestore.Store, key string) {
+func wantGone(t *testing.T, s *Store, key string) {
 	t.Helper()
 	if _, err := s.Stat(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
 		t.Errorf("Stat(%q) = %v, want ErrNotFound", key, err)
@@ -127,7 +139,7 @@ func TestStagesWhileWriting(t *testing.T) {
 	s := newStore(t, cfg)
 	b := data(1, 5*cfg.BlockSize+100)
 	key := cachestore.BlobKey(digest.FromBytes(b))
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, content)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,11 +166,11 @@ func TestStagesWhileWriting(t *testing.T) {
 func TestDigestMismatchLeavesNothing(t *testing.T) {
 	t.Parallel()
 	for _, size := range []int{100, 300 << 10} {
-		for _, key := range []string{cachestore.BlobKey(digest.FromString("other")), cachestore.TagKey("abc")} {
+		for key, opts := range map[string]cachestore.Options{cachestore.BlobKey(digest.FromString("other")): content, cachestore.TagKey("abc"): record} {
 			t.Run(itoa(size)+" "+key, func(t *testing.T) {
 				t.Parallel()
 				s := newStore(t, testConfig(t))
-				w, err := s.Create(t.Context(), key)
+				w, err := s.Create(t.Context(), key, opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -186,7 +198,7 @@ func TestCancelLeavesNothing(t *testing.T) {
 	s := newStore(t, cfg)
 	b := data(3, 3*cfg.BlockSize+5)
 	key := cachestore.BlobKey(digest.FromBytes(b))
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, content)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +234,7 @@ func TestCreateContextEnds(t *testing.T) {
 	b := data(4, 4*cfg.BlockSize)
 	key := cachestore.BlobKey(digest.FromBytes(b))
 	ctx, cancel := context.WithCancel(t.Context())
-	w, err := s.Create(ctx, key)
+	w, err := s.Create(ctx, key, content)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +259,7 @@ func TestStagingFails(t *testing.T) {
 	s := newStore(t, cfg)
 	b := data(5, 6*cfg.BlockSize)
 	key := cachestore.BlobKey(digest.FromBytes(b))
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, content)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +286,7 @@ func TestLargeRecordOverwrite(t *testing.T) {
 	key := cachestore.TagKey("1a2b")
 	for i := range 3 {
 		b := data(byte(6+i), 3*cfg.BlockSize-i)
-		put(t, s, key, b)
+		putOpts(t, s, key, record, b)
 		wantData(t, s, key, b)
 	}
 	if got := listBlobs(t, s, true); !slices.Equal(got, []string{key}) {
@@ -282,17 +294,16 @@ func TestLargeRecordOverwrite(t *testing.T) {
 	}
 }
 
-// TestOtherAlgorithms commits entries under sha512 digests: a content key
-// names its algorithm, which the writer hashes while writing; a record can
-// be verified under another algorithm only while it fits in one block.
+// TestOtherAlgorithms commits entries under sha512 digests: the writer
+// hashes sha256 as bytes arrive, so another algorithm can be verified only
+// while the entry fits in one block.
 func TestOtherAlgorithms(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t)
 	s := newStore(t, cfg)
 	big := data(9, 3*cfg.BlockSize+1)
-	d := digest.SHA512.FromBytes(big)
-	commit := func(key string, b []byte, d digest.Digest) error {
-		w, err := s.Create(t.Context(), key)
+	commit := func(key string, opts cachestore.Options, b []byte, d digest.Digest) error {
+		w, err := s.Create(t.Context(), key, opts)
 		if err != nil {
 			return err
 		}
@@ -302,16 +313,18 @@ func TestOtherAlgorithms(t *testing.T) {
 		}
 		return w.Commit(t.Context(), d)
 	}
-	if err := commit(cachestore.BlobKey(d), big, d); err != nil {
-		t.Errorf("sha512 blob of %d bytes: %v", len(big), err)
-	}
-	wantData(t, s, cachestore.BlobKey(d), big)
-	if err := commit(cachestore.TagKey("5e"), big, d); err == nil {
-		t.Errorf("sha512 record of %d bytes: Commit = nil, want an error (cannot verify)", len(big))
-	}
-	small := big[:100]
-	if err := commit(cachestore.TagKey("5e"), small, digest.SHA512.FromBytes(small)); err != nil {
-		t.Errorf("sha512 record of 100 bytes: %v", err)
+	for _, opts := range []cachestore.Options{content, record} {
+		d := digest.SHA512.FromBytes(big)
+		if err := commit(cachestore.BlobKey(d), opts, big, d); err == nil {
+			t.Errorf("sha512 %v entry of %d bytes: Commit = nil, want an error (cannot verify)", opts.Kind, len(big))
+		}
+		wantGone(t, s, cachestore.BlobKey(d))
+		small := big[:100]
+		d = digest.SHA512.FromBytes(small)
+		if err := commit(cachestore.BlobKey(d), opts, small, d); err != nil {
+			t.Errorf("sha512 %v entry of 100 bytes: %v", opts.Kind, err)
+		}
+		wantData(t, s, cachestore.BlobKey(d), small)
 	}
 }
 
@@ -325,7 +338,7 @@ func TestCommitOverUncommittedBlocks(t *testing.T) {
 	b := data(16, 1000)
 	d := digest.FromBytes(b)
 	key := cachestore.BlobKey(d)
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, content)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,15 +7,17 @@
 //  1. least-recently-used blobs first;
 //  2. then manifests that no tag record points to (nor an index that a tag
 //     record points to), least recently used first;
-//  3. then tag records past their TTL, which frees their manifests for 2.
+//  3. then tag records past their TTL (the expiry a record holds, else
+//     Config.ManifestTTL after its validation), which frees their
+//     manifests for 2.
 //
 // Live tag records and their manifests are never evicted by a cap.
 //
 // Last use survives a restart as the files' modification times: a read
 // moves an entry in memory at once and touches its file at most once per
 // Config.TouchEvery. The package does not own the store's layout
-// (cachestore) or what the records mean to the proxy beyond the two fields
-// it reads of a tag record (see tagRef).
+// (cachestore) or what the records mean to the proxy beyond the fields it
+// reads of a tag record (see tagRef).
 package evict
 
 import (
@@ -32,6 +34,7 @@ import (
 type Store interface {
 	cachestore.Store
 	cachestore.Walker
+	cachestore.Stater
 	cachestore.Toucher
 	cachestore.CondDeleter
 	Observe(cachestore.Observer)
@@ -52,7 +55,9 @@ type Config struct {
 	// if it has one.
 	FreeSpace func() (avail, size int64, err error)
 	// ManifestTTL is how long a tag record is served before it must be
-	// revalidated: past it, the record may be evicted. Zero means one hour.
+	// revalidated: past it, the record may be evicted. It applies to
+	// records that hold no expiry of their own (those written before TTL
+	// rules); a record's "expires" wins. Zero means one hour.
 	ManifestTTL time.Duration
 	// TouchEvery is how often at most an entry's last use is written to
 	// the store. Zero means a minute.

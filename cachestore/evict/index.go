@@ -19,7 +19,7 @@ type Kind int
 
 const (
 	Blob     Kind = iota // blobs/…
-	Manifest             // manifests/…, with their .meta records
+	Manifest             // manifests/…, with the .meta records of earlier releases
 	Tag                  // tags/…
 	Other                // anything else: counted, never evicted
 	numKinds
@@ -76,6 +76,7 @@ type readInfo struct {
 	gen       uint64          // the tag record's gen when read
 	ref       digest.Digest   // the manifest the tag record names; "" if unreadable
 	validated time.Time       // when upstream last confirmed the tag
+	expires   time.Time       // the record's own expiry; zero if it has none
 	children  []digest.Digest // the manifests an index names
 }
 

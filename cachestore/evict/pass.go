@@ -188,16 +188,33 @@ func (ix *Index) oldest(l int, need int64, before time.Time, refs map[string]boo
 // expiredTags returns the tag records past their TTL, and those that
 // could not be read.
 func (ix *Index) expiredTags() []victim {
-	deadline := ix.now().Add(-ix.ttl)
+	now := ix.now()
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	var vs []victim
 	for _, e := range ix.entries {
-		if e.kind == Tag && e.read != nil && e.read.gen == e.gen && e.read.validated.Before(deadline) {
+		if e.kind == Tag && e.read != nil && e.read.gen == e.gen && e.read.expired(now, ix.ttl) {
 			vs = append(vs, victim{e, e.gen})
 		}
 	}
 	return vs
+}
+
+// expired reports whether a tag record is past its TTL at now: past the
+// expiry it records, which the TTL rules in force when it was written set
+// (a tag a rule keeps for 60 days is not dropped after --manifest-ttl);
+// else, for a record written before TTL rules, past ttl after its
+// validation. An unreadable record has neither, and is expired.
+//
+// The proxy goes by the rules in force now, which a restart may have
+// changed: a record whose rule was shortened since is kept here until its
+// old expiry, and one whose rule was lengthened may go before the proxy
+// would revalidate it, which costs one more fetch of its manifest.
+func (r *readInfo) expired(now time.Time, ttl time.Duration) bool {
+	if !r.expires.IsZero() {
+		return now.After(r.expires)
+	}
+	return now.After(r.validated.Add(ttl))
 }
 
 // removeAll removes the victims that have not changed since they were

@@ -45,7 +45,7 @@ func TestRecommittedVictimStays(t *testing.T) {
 
 func commit(t *testing.T, s cachestore.Store, key string, data []byte) {
 	t.Helper()
-	w, err := s.Create(context.Background(), key)
+	w, err := s.Create(context.Background(), key, cachestore.Options{Kind: cachestore.Content})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,12 +13,15 @@ import (
 	"github.com/regproxy/regproxy/cachestore"
 )
 
-// tagRef is what eviction reads of a tag record: the two fields of the
-// proxy's tagRecord (proxy/manifestcache.go) that say which manifest the
-// tag names and when upstream last confirmed it.
+// tagRef is what eviction reads of a tag record: the fields of the proxy's
+// tagRecord (proxy/manifestcache.go) that say which manifest the tag names,
+// when upstream last confirmed it, and until when the proxy serves it
+// without asking upstream (the TTL its --manifest-ttl-rule gave it; zero in
+// records written before TTL rules).
 type tagRef struct {
 	Digest    digest.Digest `json:"digest"`
 	Validated time.Time     `json:"validated"`
+	Expires   time.Time     `json:"expires"`
 }
 
 // indexRefs is what eviction reads of a manifest: the manifests an index
@@ -98,7 +101,7 @@ func (ix *Index) readTags(ctx context.Context) {
 		}
 		ix.mu.Lock()
 		if v.e.gen == v.gen {
-			v.e.read = &readInfo{gen: v.gen, ref: ref.Digest, validated: ref.Validated}
+			v.e.read = &readInfo{gen: v.gen, ref: ref.Digest, validated: ref.Validated, expires: ref.Expires}
 		}
 		ix.mu.Unlock()
 	}

@@ -17,7 +17,7 @@ type Stats struct {
 	// until then the figures count only what was committed or read since.
 	Loaded    bool      `json:"loaded"`
 	Blobs     KindStats `json:"blobs"`
-	Manifests KindStats `json:"manifests"` // with their .meta records
+	Manifests KindStats `json:"manifests"` // with the .meta records of earlier releases
 	Tags      KindStats `json:"tags"`
 	Other     KindStats `json:"other"`
 	Entries   int       `json:"entries"`

@@ -34,14 +34,14 @@ func testImportFile(t *testing.T, s cachestore.Store) {
 	if !ok {
 		t.Skip("store is not a FileImporter")
 	}
-	data := content(9, 70000)
+	data := data(9, 70000)
 	d := digest.FromBytes(data)
 	key := cachestore.BlobKey(d)
 	name := spool(t, imp, data)
 	if err := imp.ImportFile(t.Context(), key, name, int64(len(data)), d); err != nil {
 		t.Fatalf("ImportFile: %v", err)
 	}
-	wantContent(t, s, key, data)
+	wantEntry(t, s, key, data, "")
 	if _, err := os.Stat(name); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("spool file after ImportFile: Stat = %v, want ErrNotExist (moved)", err)
 	}
@@ -54,12 +54,32 @@ func testImportFile(t *testing.T, s cachestore.Store) {
 	}
 }
 
+// testImportFileExisting imports a file under a key that has an entry: the
+// entry stays as it was, and the file goes, as after an import.
+func testImportFileExisting(t *testing.T, s cachestore.Store) {
+	imp, ok := s.(cachestore.FileImporter)
+	if !ok {
+		t.Skip("store is not a FileImporter")
+	}
+	first, second := data(15, 3000), data(16, 2000)
+	key := cachestore.ManifestKey(digest.FromBytes(first))
+	put(t, s, key, typed(manifestType), first)
+	name := spool(t, imp, second)
+	if err := imp.ImportFile(t.Context(), key, name, int64(len(second)), digest.FromBytes(second)); err != nil {
+		t.Fatalf("ImportFile over an entry: %v", err)
+	}
+	wantEntry(t, s, key, first, manifestType)
+	if _, err := os.Stat(name); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("spool file after ImportFile over an entry: Stat = %v, want ErrNotExist (removed)", err)
+	}
+}
+
 func testImportFileSizeMismatch(t *testing.T, s cachestore.Store) {
 	imp, ok := s.(cachestore.FileImporter)
 	if !ok {
 		t.Skip("store is not a FileImporter")
 	}
-	data := content(10, 5000)
+	data := data(10, 5000)
 	d := digest.FromBytes(data)
 	key := cachestore.BlobKey(d)
 	name := spool(t, imp, data)
@@ -81,20 +101,31 @@ func testDelete(t *testing.T, s cachestore.Store) {
 	if !ok {
 		t.Skip("store is not a Deleter")
 	}
-	data := content(11, 4000)
-	key := cachestore.BlobKey(digest.FromBytes(data))
-	if err := del.Delete(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
-		t.Errorf("Delete of a missing key = %v, want ErrNotFound", err)
+	data := data(11, 4000)
+	for _, shape := range entryShapes {
+		key := shape.key(digest.FromBytes(data))
+		if err := del.Delete(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
+			t.Errorf("Delete of a missing key = %v, want ErrNotFound", err)
+		}
+		put(t, s, key, shape.opts, data)
+		if err := del.Delete(t.Context(), key); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		wantNotFound(t, s, key)
+		if err := del.Delete(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
+			t.Errorf("second Delete = %v, want ErrNotFound", err)
+		}
+		// Deleting may tidy away directories; storing again must still
+		// work, and a Content key deleted takes a new first commit.
+		put(t, s, key, shape.opts, data)
+		wantEntry(t, s, key, data, shape.opts.MediaType)
 	}
-	put(t, s, key, data)
+	// A record that moved from typed to untyped is deleted whole.
+	key := cachestore.TagKey("de1")
+	put(t, s, key, cachestore.Options{Kind: cachestore.Record, MediaType: "text/plain"}, data)
+	put(t, s, key, record, data)
 	if err := del.Delete(t.Context(), key); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	wantNotFound(t, s, key)
-	if err := del.Delete(t.Context(), key); !errors.Is(err, cachestore.ErrNotFound) {
-		t.Errorf("second Delete = %v, want ErrNotFound", err)
-	}
-	// Deleting may tidy away directories; storing again must still work.
-	put(t, s, key, data)
-	wantContent(t, s, key, data)
 }

@@ -11,7 +11,7 @@ import (
 )
 
 func testDigestMismatch(t *testing.T, s cachestore.Store) {
-	data := content(3, 3000)
+	data := data(3, 3000)
 	tests := []struct {
 		name    string
 		d       digest.Digest
@@ -24,31 +24,33 @@ func testDigestMismatch(t *testing.T, s cachestore.Store) {
 		{"unknown algorithm", digest.Digest("md5:" + digest.FromBytes(data).Encoded()), nil},
 	}
 	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			key := cachestore.TagKey(string(rune('a' + i)))
-			w, err := s.Create(t.Context(), key)
-			if err != nil {
-				t.Fatalf("Create: %v", err)
-			}
-			writeChunks(t, w, data)
-			err = w.Commit(t.Context(), tt.d)
-			if err == nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
-				t.Errorf("Commit(%s) = %v, want %v", tt.d, err, tt.wantErr)
-			}
-			if err := w.Cancel(); err != nil {
-				t.Errorf("Cancel after failed Commit = %v, want nil", err)
-			}
-			wantNotFound(t, s, key)
-		})
+		for _, opts := range []cachestore.Options{record, typed(manifestType)} {
+			t.Run(tt.name+"/"+opts.Kind.String(), func(t *testing.T) {
+				t.Parallel()
+				key := cachestore.TagKey(string(rune('a'+i)) + opts.Kind.String())
+				w, err := s.Create(t.Context(), key, opts)
+				if err != nil {
+					t.Fatalf("Create: %v", err)
+				}
+				writeChunks(t, w, data)
+				err = w.Commit(t.Context(), tt.d)
+				if err == nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+					t.Errorf("Commit(%s) = %v, want %v", tt.d, err, tt.wantErr)
+				}
+				if err := w.Cancel(); err != nil {
+					t.Errorf("Cancel after failed Commit = %v, want nil", err)
+				}
+				wantNotFound(t, s, key)
+			})
+		}
 	}
 }
 
 func testCancel(t *testing.T, s cachestore.Store) {
-	data := content(4, 3000)
+	data := data(4, 3000)
 	d := digest.FromBytes(data)
 	key := cachestore.BlobKey(d)
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, content)
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -70,10 +72,10 @@ func testCancel(t *testing.T, s cachestore.Store) {
 }
 
 func testCancelAfterCommit(t *testing.T, s cachestore.Store) {
-	data := content(5, 3000)
+	data := data(5, 3000)
 	d := digest.FromBytes(data)
 	key := cachestore.BlobKey(d)
-	w, err := s.Create(t.Context(), key)
+	w, err := s.Create(t.Context(), key, content)
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -97,12 +99,12 @@ func testCancelAfterCommit(t *testing.T, s cachestore.Store) {
 // writes and commits, as concurrent fills of one blob would.
 func testConcurrentWriters(t *testing.T, s cachestore.Store) {
 	const writers = 4
-	data := content(6, 256<<10)
+	data := data(6, 256<<10)
 	d := digest.FromBytes(data)
 	key := cachestore.BlobKey(d)
 	ws := make([]cachestore.Writer, writers)
 	for i := range ws {
-		w, err := s.Create(t.Context(), key)
+		w, err := s.Create(t.Context(), key, content)
 		if err != nil {
 			t.Fatalf("Create %d: %v", i, err)
 		}
@@ -130,12 +132,47 @@ func testConcurrentWriters(t *testing.T, s cachestore.Store) {
 	wantContent(t, s, key, data)
 }
 
-// testOverwrite commits two different records under one key, as happens when
-// a tag moves: the last Commit wins.
-func testOverwrite(t *testing.T, s cachestore.Store) {
+// testContentFirstCommitWins commits a Content key a second time, with
+// other bytes and another media type (which a caller never does, but which
+// shows what the store kept): the commit succeeds and changes nothing. The
+// same for a key committed twice with the same bytes, small and spanning
+// blocks, as two fills of one blob do one after the other.
+func testContentFirstCommitWins(t *testing.T, s cachestore.Store) {
+	key := cachestore.ManifestKey(digest.FromString("first"))
+	first, second := data(30, 700), data(31, 300)
+	put(t, s, key, typed(manifestType), first)
+	put(t, s, key, typed("application/vnd.oci.image.index.v1+json"), second)
+	wantEntry(t, s, key, first, manifestType)
+	put(t, s, key, content, second)
+	wantEntry(t, s, key, first, manifestType)
+
+	for _, n := range []int{10, 300<<10 + 1} {
+		blob := data(32, n)
+		key := cachestore.BlobKey(digest.FromBytes(blob))
+		put(t, s, key, content, blob)
+		put(t, s, key, content, blob)
+		wantEntry(t, s, key, blob, "")
+	}
+}
+
+// testRecordOverwrite commits records under one key, as happens when a tag
+// moves: each commit replaces the entry, media type included, whether the
+// new one is larger or smaller, typed or not.
+func testRecordOverwrite(t *testing.T, s cachestore.Store) {
 	key := cachestore.TagKey("0123abcd")
-	first, second := content(7, 300), content(8, 200)
-	put(t, s, key, first)
-	put(t, s, key, second)
-	wantContent(t, s, key, second)
+	steps := []struct {
+		data      []byte
+		mediaType string
+	}{
+		{data(7, 300), ""},
+		{data(8, 200), ""},
+		{data(9, 400), "application/vnd.oci.image.index.v1+json"},
+		{data(10, 100), "application/vnd.oci.image.manifest.v1+json"},
+		{data(11, 5000), ""},
+		{data(12, 50), "text/plain"},
+	}
+	for _, st := range steps {
+		put(t, s, key, cachestore.Options{Kind: cachestore.Record, MediaType: st.mediaType}, st.data)
+		wantEntry(t, s, key, st.data, st.mediaType)
+	}
 }

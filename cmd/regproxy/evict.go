@@ -13,6 +13,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/evict"
+	"github.com/regproxy/regproxy/cachestore/tiered"
 	"github.com/regproxy/regproxy/metrics"
 )
 
@@ -48,14 +49,24 @@ func evictConfig(c *cli.Context) (evict.Config, error) {
 // ends it and waits; call it after the proxy stopped, so that the last
 // uses of its final requests are written.
 //
-// Other stores are not bounded here: an Azure container is kept in bounds
-// by its lifecycle-management policy (see the README).
+// With --storage azure, only the local tier of --disk-cache-size is bounded
+// here, by that size (and --min-free-space): an Azure container is kept in
+// bounds by its lifecycle-management policy (see the README).
 func startEviction(c *cli.Context, store cachestore.Store, ttl time.Duration, log *slog.Logger, m *metrics.Metrics) (stop func(), err error) {
 	cfg, err := evictConfig(c)
 	if err != nil {
 		return nil, err
 	}
 	s, ok := store.(evict.Store)
+	if ts, isTiered := store.(*tiered.Store); isTiered {
+		s, ok = ts.Local(), true
+		if cfg.MaxSize > 0 {
+			log.Warn("--cache-max-size does not bound --storage azure: --disk-cache-size bounds its local tier")
+		}
+		if cfg.MaxSize, err = diskCacheSize(c); err != nil {
+			return nil, err
+		}
+	}
 	if !ok {
 		if cfg.MaxSize > 0 {
 			log.Warn("--cache-max-size bounds only the disk cache: keep an Azure container in bounds with a lifecycle-management policy")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/azure"
+	"github.com/regproxy/regproxy/cachestore/tiered"
 )
 
 // storageFlags choose where serve keeps the cache (see openStore).
@@ -27,11 +28,29 @@ func storageFlags() []cli.Flag {
 			Usage: "blob service URL, for sovereign clouds or Azurite (default https://ACCOUNT.blob.core.windows.net/)"},
 		&cli.StringFlag{Name: "azure-connection-string", EnvVars: env("azure-connection-string"),
 			Usage: "instead of the account name, key and endpoint (set REGPROXY_AZURE_CONNECTION_STRING rather, which ps does not show)"},
+		&cli.StringFlag{Name: "disk-cache-size", EnvVars: env("disk-cache-size"),
+			Usage: "with --storage azure, keep up to SIZE of blobs and manifests on local disk (DATA_DIR/cache) in front of Azure, least recently used evicted first, e.g. 50G (default: none)"},
 	}
 }
 
 // azureFlags are the flags that only --storage azure reads.
-var azureFlags = []string{"azure-account-name", "azure-account-key", "azure-container", "azure-endpoint", "azure-connection-string"}
+var azureFlags = []string{"azure-account-name", "azure-account-key", "azure-container", "azure-endpoint", "azure-connection-string",
+	"disk-cache-size"}
+
+// diskCacheSize reads --disk-cache-size: 0 when it is not set.
+func diskCacheSize(c *cli.Context) (int64, error) {
+	if !c.IsSet("disk-cache-size") {
+		return 0, nil
+	}
+	n, err := parseSize(c.String("disk-cache-size"))
+	if err == nil && n <= 0 {
+		err = fmt.Errorf("invalid size %q: want more than 0, e.g. 50G", c.String("disk-cache-size"))
+	}
+	if err != nil {
+		return 0, badFlag("disk-cache-size", err)
+	}
+	return n, nil
+}
 
 // storage is the cache serve hands to the proxy.
 type storage struct {
@@ -71,7 +90,43 @@ func openStore(c *cli.Context, dataDir string, log *slog.Logger) (storage, error
 
 // openAzure connects to the container of the azure flags and prepares the
 // local spool, DATA_DIR/spool, emptied of what an earlier process left.
+// With --disk-cache-size, DATA_DIR/cache is a local tier in front of the
+// container (see cachestore/tiered), which startEviction bounds.
 func openAzure(c *cli.Context, dataDir string, log *slog.Logger) (storage, error) {
+	localSize, err := diskCacheSize(c)
+	if err != nil {
+		return storage{}, err
+	}
+	cfg, err := azureConfig(c)
+	if err != nil {
+		return storage{}, err
+	}
+	spool := filepath.Join(dataDir, "spool")
+	if err := emptyDir(spool); err != nil {
+		return storage{}, cli.Exit(fmt.Sprintf("spool in %s: %v", dataDir, err), 1)
+	}
+	store, err := newAzure(c, cfg)
+	if err != nil {
+		return storage{}, err
+	}
+	if localSize == 0 {
+		log.Info("cache in azure", "azure", cfg.String(), "spool", spool)
+		return storage{Store: store, SpoolDir: spool, Close: store.Close}, nil
+	}
+	dir := filepath.Join(dataDir, "cache")
+	local, err := cachestore.NewDisk(dir)
+	if err != nil {
+		store.Close()
+		return storage{}, cli.Exit(fmt.Sprintf("local cache in %s: %v", dataDir, err), 1)
+	}
+	ts := tiered.New(local, store, log)
+	log.Info("cache in azure", "azure", cfg.String(), "spool", spool, "disk_cache", dir, "disk_cache_size", humanSize(localSize))
+	return storage{Store: ts, SpoolDir: spool, Close: ts.Close}, nil
+}
+
+// azureConfig reads the azure flags (and --upstream-proxy, if the command
+// has it). A bad value is a usage error.
+func azureConfig(c *cli.Context) (azure.Config, error) {
 	cfg := azure.Config{
 		AccountName:      c.String("azure-account-name"),
 		AccountKey:       c.String("azure-account-key"),
@@ -80,28 +135,29 @@ func openAzure(c *cli.Context, dataDir string, log *slog.Logger) (storage, error
 		ConnectionString: c.String("azure-connection-string"),
 	}
 	if cfg.AccountName == "" && cfg.ConnectionString == "" {
-		return storage{}, cli.Exit("--storage azure: needs --azure-account-name (with --azure-account-key, "+
+		return cfg, cli.Exit("--storage azure: needs --azure-account-name (with --azure-account-key, "+
 			"or the default credential chain) or --azure-connection-string", 2)
 	}
 	// Azure is regproxy's own upstream traffic: it goes through the
 	// egress proxy too (managed identity tokens excepted).
 	var err error
 	if cfg.Proxy, err = parseUpstreamProxy(c.String("upstream-proxy")); err != nil {
-		return storage{}, badFlag("upstream-proxy", err)
+		return cfg, badFlag("upstream-proxy", err)
 	}
-	spool := filepath.Join(dataDir, "spool")
-	if err := emptyDir(spool); err != nil {
-		return storage{}, cli.Exit(fmt.Sprintf("spool in %s: %v", dataDir, err), 1)
-	}
+	return cfg, nil
+}
+
+// newAzure connects to cfg's container: a Config that azure refuses is a
+// usage error naming the flag, a container that cannot be used exit 1.
+func newAzure(c *cli.Context, cfg azure.Config) (*azure.Store, error) {
 	store, err := azure.New(c.Context, cfg)
 	if ce, ok := errors.AsType[*azure.ConfigError](err); ok {
-		return storage{}, badFlag(azureFlagOf(ce.Field), ce.Err)
+		return nil, badFlag(azureFlagOf(ce.Field), ce.Err)
 	}
 	if err != nil {
-		return storage{}, cli.Exit(err.Error(), 1)
+		return nil, cli.Exit(err.Error(), 1)
 	}
-	log.Info("cache in azure", "azure", cfg.String(), "spool", spool)
-	return storage{Store: store, SpoolDir: spool, Close: store.Close}, nil
+	return store, nil
 }
 
 // azureFlagOf names the flag of an azure.Config field.

@@ -50,6 +50,10 @@ func TestStorageBadFlags(t *testing.T) {
 		{"endpoint scheme", azureArgs("--azure-endpoint", "ftp://h/acct"), "--azure-endpoint"},
 		{"connection string and account", azureArgs("--azure-connection-string", "AccountName=x"), "--azure-connection-string"},
 		{"connection string malformed", []string{"--storage", "azure", "--azure-connection-string", "nonsense"}, "--azure-connection-string"},
+		{"disk cache size under disk", []string{"--disk-cache-size", "10G"}, "--disk-cache-size"},
+		{"disk cache size not a size", azureArgs("--disk-cache-size", "ten"), "--disk-cache-size"},
+		{"disk cache size zero", azureArgs("--disk-cache-size", "0"), "--disk-cache-size"},
+		{"disk cache size negative", azureArgs("--disk-cache-size", "-5G"), "--disk-cache-size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := runCLI(t, serveArgs(t, tc.args...)...)
@@ -67,6 +71,7 @@ func TestStorageFlagsFromEnv(t *testing.T) {
 	for _, tc := range []struct{ env, value, flag string }{
 		{"REGPROXY_STORAGE", "bogus", "--storage"},
 		{"REGPROXY_AZURE_CONTAINER", "cache", "--azure-container"}, // under --storage disk
+		{"REGPROXY_DISK_CACHE_SIZE", "10G", "--disk-cache-size"},   // under --storage disk
 	} {
 		t.Run(tc.env, func(t *testing.T) {
 			t.Setenv(tc.env, tc.value)
@@ -209,6 +214,96 @@ func TestAzureReplicasShareContainer(t *testing.T) {
 			t.Errorf("a fill failed or was not cached:\n%s", dm.log)
 		}
 	}
+}
+
+// TestAzureLocalTier runs regproxy processes with --disk-cache-size in
+// front of one container: a blob another replica cached is read from
+// Azure, not upstream, and copied into the local tier; with Azure down, the
+// local tier still serves; and the tier keeps under its size.
+func TestAzureLocalTier(t *testing.T) {
+	az := azuritetest.New(t)
+	up := testupstream.Start(t)
+	container := az.Container()
+	env := []string{"REGPROXY_AZURE_ACCOUNT_KEY=" + azuritetest.Key}
+	args := []string{"--registries", "registry.test", "--upstream-ca", up.CAFile, "--resolve", up.Resolve(),
+		"--storage", "azure", "--azure-account-name", azuritetest.Account, "--azure-endpoint", az.Endpoint,
+		"--azure-container", container, "--min-free-space", "0"}
+	a := startDaemonEnv(t, env, append(args, "--disk-cache-size", "64M")...)
+
+	img := up.RandomImage(t, 3, 512<<10)
+	up.Push(t, "team/app", "v1", img)
+	up.ResetCounts()
+	pullThrough(t, a, up, "team/app:v1")
+	if got := up.Count("GET blob"); got != 4 {
+		t.Errorf("pull through A: %d upstream blob GETs, want 4 (config and 3 layers)", got)
+	}
+	waitCommitted(t, a)
+	if n := localBlobBytes(t, a); n < 3*512<<10 {
+		t.Errorf("A's local tier holds %d bytes of blobs, want the image's", n)
+	}
+
+	// B: its local tier is empty, so its blobs come from Azure.
+	b := startDaemonEnv(t, env, append(args, "--disk-cache-size", "64M")...)
+	up.ResetCounts()
+	pullThrough(t, b, up, "team/app:v1")
+	if got := up.Count("GET blob") + up.Count("GET manifest"); got != 0 {
+		t.Errorf("pull through B after A: %d upstream blob and manifest GETs, want 0", got)
+	}
+	waitFor(t, "B's local tier to hold the image's blobs", func() bool { return localBlobBytes(t, b) >= 3*512<<10 })
+
+	// Azure down: B serves the blobs from its local tier (and the tag and
+	// manifests from memory).
+	az.Kill()
+	up.ResetCounts()
+	pullThrough(t, b, up, "team/app:v1")
+	if got := up.Count("GET blob"); got != 0 {
+		t.Errorf("pull through B with Azure down: %d upstream blob GETs, want 0", got)
+	}
+	if err := az.Restart(); err != nil {
+		t.Fatal(err)
+	}
+
+	// C: a local tier smaller than the image.
+	c := startDaemonEnv(t, env, append(args, "--disk-cache-size", "1M")...)
+	pullThrough(t, c, up, "team/app:v1")
+	waitFor(t, "C's local tier to keep under 1 MiB", func() bool {
+		n := localBlobBytes(t, c)
+		return n > 0 && n <= 1<<20
+	})
+	for _, d := range []*daemon{a, b, c} {
+		if d.logged(0, func(e logEntry) bool {
+			return strings.HasPrefix(e.Msg, "blob") || strings.HasPrefix(e.Msg, "local cache")
+		}) {
+			t.Errorf("a fill or a local copy failed:\n%s", d.log)
+		}
+	}
+}
+
+// localBlobBytes is the bytes of the blob files in d's local tier.
+func localBlobBytes(t *testing.T, d *daemon) int64 {
+	t.Helper()
+	var n int64
+	filepath.WalkDir(filepath.Join(d.dataDir(t), "cache", "blobs"), func(path string, e os.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			if fi, err := e.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// waitFor polls cond until it holds, or fails the test.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for range pollTries {
+		if cond() {
+			return
+		}
+		time.Sleep(pollInterval)
+	}
+	t.Errorf("timed out waiting for %s", what)
 }
 
 // daemonClient reaches upstreams through d and trusts only d's CA.
