@@ -15,6 +15,11 @@
 // allow-list entries, which callers pass in, with "other" for every other
 // host. No repository, tag, digest or user ever becomes a label.
 //
+// The status page reads the same series (Status), and two things beside
+// them that are no metric: the last upstream failures (RecentUpstream)
+// and, only where the operator enabled it, a bounded tally of bytes served
+// by repository (TrackRepositories).
+//
 // The package does not decide outcomes or which registry a request
 // belongs to (proxy does), and it imports no other regproxy package.
 package metrics
@@ -70,6 +75,11 @@ type Metrics struct {
 
 	ca    atomic.Pointer[CA]                // nil until SetCA
 	cache atomic.Pointer[func() CacheStats] // nil until SetCacheStats
+
+	// For the status page, beside the series: the last upstream failures
+	// (recent.go) and, once enabled, bytes by repository (repos.go).
+	recent    recentUpstream
+	repoTally repoTally
 }
 
 // New returns Metrics on a registry of their own, with Go runtime and

@@ -55,12 +55,15 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	case err != nil:
 		if !abandoned(req.Context()) {
 			t.m.upstreamErrors.WithLabelValues(registry, "transport").Inc()
+			t.m.recordUpstream(req, registry, "transport", nil, err)
 		}
 		return resp, err
 	case resp.StatusCode == http.StatusTooManyRequests:
 		t.m.upstreamLimited.WithLabelValues(registry).Inc()
+		t.m.recordUpstream(req, registry, "429", resp, nil)
 	case resp.StatusCode >= 500:
 		t.m.upstreamErrors.WithLabelValues(registry, "5xx").Inc()
+		t.m.recordUpstream(req, registry, "5xx", resp, nil)
 	}
 	// A 101's body is the upgraded connection, which must stay an
 	// io.ReadWriteCloser for httputil.ReverseProxy.

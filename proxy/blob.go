@@ -57,6 +57,10 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rp regPath) er
 		}
 	}
 	setOutcome(r, blobOutcomes[b.Source])
+	// X-Cache tells a client (regproxy warm) where the bytes came from, in
+	// the access log's words. It tells the client nothing that admit has
+	// not let it know: it may have the blob, and a hit shows in the timing.
+	w.Header().Set("X-Cache", blobOutcomes[b.Source])
 	sendBlob(w, r, rp, b)
 	return nil
 }

@@ -96,10 +96,10 @@ func (p *Proxy) learnOpenness(r *http.Request, rp regPath, c client) {
 }
 
 // fresh reports whether a tag record may be served without asking
-// upstream: younger than the TTL, and not changed by a push through the
-// proxy since it was validated.
+// upstream: younger than its TTL (see tagTTL; never, for a TTL of zero),
+// and not changed by a push through the proxy since it was validated.
 func (p *Proxy) fresh(c client, rec tagRecord) bool {
-	return p.now().Before(rec.Validated.Add(p.manifestTTL)) &&
+	return p.now().Before(rec.Validated.Add(p.tagTTL(rec.Registry, rec.Repository, rec.Tag))) &&
 		!p.access.invalidatedSince(c.repo, rec.Tag, rec.Validated)
 }
 
@@ -335,7 +335,8 @@ func manifestTypeOrEmpty(ct string) string {
 func (p *Proxy) saveTagRecord(ctx context.Context, q tagQuery, m *cachedManifest, validated time.Time) {
 	rec := tagRecord{Registry: q.registry, Repository: q.repo, Tag: q.tag, Accept: q.accept,
 		Query: q.query, Digest: m.Digest, MediaType: m.ContentType, Validated: validated,
-		Open: p.access.isOpen(repoKey{q.registry, q.repo}, openTTL)}
+		Expires: validated.Add(p.tagTTL(q.registry, q.repo, q.tag)),
+		Open:    p.access.isOpen(repoKey{q.registry, q.repo}, openTTL)}
 	if err := p.manifests.saveTag(ctx, q.key(), rec); err != nil {
 		p.log.Warn("cache tag record", "repo", q.repo, "tag", q.tag, "err", err)
 	}

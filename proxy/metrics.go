@@ -37,6 +37,7 @@ func (p *Proxy) count(e entry) {
 	p.metrics.Request(registry, kind, outcome)
 	if e.kind != "" { // a request to an intercepted registry, not a tunnel or a page of the proxy port
 		p.metrics.Served(registry, kind, outcome, e.bytes)
+		p.tallyRepo(e, registry, outcome)
 	}
 }
 
