@@ -1,9 +1,14 @@
 # VERSION is stamped into the binary; a clone without tags or commits says "dev".
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN := bin/regproxy
+# IMAGE is what make docker tags the container image as.
+IMAGE ?= regproxy:$(VERSION)
 
-.PHONY: build run test test-deps fuzz bench lint clean
+.PHONY: build run test test-deps fuzz bench lint docker clean
 
+# build makes the static binary (no cgo, so no libc) that the container
+# image holds too: the Dockerfile runs make build. TestImageBinary builds
+# and checks it.
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/regproxy
 
@@ -26,6 +31,7 @@ test: test-deps
 FUZZ := \
 	./cachestore:FuzzValidKey \
 	./cmd/regproxy:FuzzParseResolve \
+	./cmd/regproxy:FuzzParseTTLRule \
 	./fill:FuzzServeRange \
 	./proxy:FuzzParsePath \
 	./proxy:FuzzParseObjectPath \
@@ -37,6 +43,7 @@ FUZZ := \
 	./proxy:FuzzCheckName \
 	./proxy:FuzzAnchoredTag \
 	./proxy:FuzzDescribeRepoPath \
+	./proxy:FuzzParseMirror \
 	./upstreamauth:FuzzParseFlag \
 	./upstreamauth:FuzzParseAuthRegistries \
 	./upstreamauth:FuzzLoadDockerConfig \
@@ -65,10 +72,20 @@ bench:
 	go run ./cmd/regproxy-bench $(BENCHFLAGS)
 	go test -run '^$$' -bench . -benchmem ./...
 
+# lint also runs shellcheck on every shell script of scripts/ and
+# examples/ (make test-deps installs shellcheck), following what each one
+# sources (-x).
 lint:
 	@files=$$(gofmt -l .); if [ -n "$$files" ]; then \
 		echo "gofmt -w needed on:" >&2; echo "$$files" >&2; exit 1; fi
 	go vet ./...
+	shellcheck -x $$(find scripts examples -name '*.sh' | sort)
+
+# docker builds the container image (Dockerfile) as $(IMAGE). It pulls
+# golang and distroless base images, so it needs a registry; make test
+# checks the Dockerfile and the binary it builds instead.
+docker:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 # clean keeps ./data: it is the cache, not a build product.
 clean:

@@ -177,6 +177,9 @@ func (p *Proxy) logEntry(r *http.Request, e entry) {
 	if user := userOf(r); user != "" {
 		attrs = append(attrs, slog.String("user", user))
 	}
+	if e.kind != "" { // a registry request: intercepted, or on the mirror port
+		attrs = append(attrs, slog.String("front", frontOf(r.Context())))
+	}
 	p.log.LogAttrs(r.Context(), level, "request", attrs...)
 }
 
@@ -197,12 +200,18 @@ func (w *recorder) ReadFrom(src io.Reader) (int64, error) {
 	return n, err
 }
 
-// isProbe reports whether e answered a health check or a metrics scrape:
-// a liveness probe every ten seconds and a scrape every fifteen would
-// otherwise fill the log with lines nobody reads. They are logged at debug
-// level, and counted in the metrics all the same; a failed one stays at
-// info.
+// isProbe reports whether e answered a health check, a metrics scrape or
+// the status page: a liveness probe every ten seconds, a scrape every
+// fifteen and an open status page refreshing every five would otherwise
+// fill the log with lines nobody reads. They are logged at debug level,
+// and counted in the metrics all the same; a failed one stays at info.
 func isProbe(r *http.Request, e entry) bool {
-	return e.outcome == outcomeLocal && e.status < http.StatusBadRequest &&
-		(r.URL.Path == "/healthz" || r.URL.Path == "/metrics")
+	if e.outcome != outcomeLocal || e.status >= http.StatusBadRequest {
+		return false
+	}
+	switch r.URL.Path {
+	case "/healthz", "/metrics", "/", "/status.json":
+		return true
+	}
+	return false
 }

@@ -180,7 +180,7 @@ func TestPlainPages(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), "HTTPS_PROXY=http://"+e.proxyURL.Host) || !strings.Contains(string(body), "/ca.crt") {
+	if !strings.Contains(string(body), "curl -fsS http://"+e.proxyURL.Host+"/setup/docker | sh -s -- --ca-sha256 ") || !strings.Contains(string(body), "/ca.crt") {
 		t.Fatalf("GET /: %q; want the node setup lines", body)
 	}
 	http.DefaultTransport.(*http.Transport).CloseIdleConnections()

@@ -147,7 +147,7 @@ func TestClientAuthPolicy(t *testing.T) {
 		{"GET /ca.crt", "GET /ca.crt HTTP/1.1\r\nHost: proxy\r\n\r\n", http.StatusOK, "BEGIN CERTIFICATE"},
 		{"GET /healthz", "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n", http.StatusOK, "ok"},
 		// The help page shows that the port asks for credentials.
-		{"GET /", "GET / HTTP/1.1\r\nHost: proxy:3128\r\n\r\n", http.StatusOK, "HTTPS_PROXY=http://USER:PASSWORD@proxy:3128"},
+		{"GET /", "GET / HTTP/1.1\r\nHost: proxy:3128\r\n\r\n", http.StatusOK, "--proxy http://USER:PASSWORD@proxy:3128/"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body, c := sendRaw(t, tp.addr, tc.request)

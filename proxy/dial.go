@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -31,7 +32,9 @@ type dialer struct {
 	// that resolves to loopback is caught, and nothing is sent to a
 	// refused address.
 	guarded net.Dialer
-	self    atomic.Pointer[netip.AddrPort] // the proxy's listen address; nil until it serves
+
+	mu     sync.Mutex                       // serializes serving's updates of selves
+	selves atomic.Pointer[[]netip.AddrPort] // the addresses regproxy listens on (proxy and mirror ports); nil until it serves
 }
 
 func newDialer(resolve map[string]string, via *url.URL) *dialer {
@@ -42,13 +45,21 @@ func newDialer(resolve map[string]string, via *url.URL) *dialer {
 	return d
 }
 
-// serving records the address the proxy listens on, for the guard's loop
-// clause.
+// serving records an address regproxy listens on (the proxy port, the
+// mirror port), for the guard's loop clause.
 func (d *dialer) serving(addr net.Addr) {
-	if tcp, ok := addr.(*net.TCPAddr); ok {
-		ap := tcp.AddrPort()
-		d.self.Store(&ap)
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var selves []netip.AddrPort
+	if old := d.selves.Load(); old != nil {
+		selves = append(selves, *old...)
+	}
+	selves = append(selves, tcp.AddrPort())
+	d.selves.Store(&selves)
 }
 
 // DialContext dials addr, or the address --resolve maps it to, directly
@@ -83,14 +94,17 @@ func (d *dialer) control(_, address string, _ syscall.RawConn) error {
 	return d.check(dst)
 }
 
-// check applies forbiddenAddr to dst.
+// check applies forbiddenAddr to dst, once for each address regproxy
+// listens on (once with none before it serves).
 func (d *dialer) check(dst netip.AddrPort) error {
-	var self netip.AddrPort
-	if p := d.self.Load(); p != nil {
-		self = *p
+	selves := []netip.AddrPort{{}}
+	if p := d.selves.Load(); p != nil {
+		selves = *p
 	}
-	if reason, bad := forbiddenAddr(dst, self, hostHasAddr); bad {
-		return &refusedError{addr: dst.String(), reason: reason}
+	for _, self := range selves {
+		if reason, bad := forbiddenAddr(dst, self, hostHasAddr); bad {
+			return &refusedError{addr: dst.String(), reason: reason}
+		}
 	}
 	return nil
 }

@@ -75,6 +75,10 @@ type env struct {
 	// configure, when set, adjusts the proxy's Config (wraps its store,
 	// say) before New; start reads it.
 	configure func(*proxy.Config)
+	// mirror, when set, serves the proxy's mirror port too, at mirrorURL
+	// (see startMirror); start reads it.
+	mirror    bool
+	mirrorURL string
 }
 
 func newEnv(t testing.TB, opts ...testupstream.Option) *env {
@@ -127,12 +131,16 @@ func (e *env) start(extraResolve ...string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, ln) }()
+	mirrorDone := e.startMirror(p)
 	e.proxyURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
 	e.caPEM = authority.CertPEM()
 	e.stop = func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
+		}
+		if err := mirrorDone(); err != nil {
+			t.Errorf("ServeMirror: %v", err)
 		}
 		e.stop = func() {}
 	}

@@ -1,7 +1,9 @@
 // Package proxy owns regproxy's request path: it accepts CONNECTs on the
 // proxy port, intercepts allow-listed registry hosts with leaf certificates
 // from the CA, answers blob and manifest requests from the cache (filling
-// it through coalesced fills), and passes everything else through. It does
+// it through coalesced fills), and passes everything else through. Its
+// mirror port (ServeMirror) serves the same registry API to clients that
+// use regproxy as a registry mirror. It does
 // not own storage layout (cachestore), certificates (ca) or the fill
 // mechanics (fill).
 package proxy
@@ -11,6 +13,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -60,6 +63,10 @@ type Config struct {
 	// ManifestTTL is how long a manifest fetched by tag is served without
 	// asking upstream. Zero means one hour.
 	ManifestTTL time.Duration
+	// TTLRules give tags whose name matches one a TTL of their own, zero
+	// included (see TTLRule): the first rule that matches wins, and tags
+	// no rule matches get ManifestTTL. Nil means ManifestTTL for all.
+	TTLRules []TTLRule
 	// FillTimeout bounds one blob fill. Zero means one hour.
 	FillTimeout time.Duration
 	// FillStallTimeout ends an upstream attempt of a fill that sends no
@@ -89,6 +96,9 @@ type Config struct {
 	// Metrics receives the proxy's metrics, which GET /metrics on the proxy
 	// port serves. Nil means a set of the Proxy's own (see Proxy.Metrics).
 	Metrics *metrics.Metrics
+	// Setup holds the node setup scripts that GET /setup/CLIENT serves
+	// (package scripts; see setup.go). Nil means no /setup/ pages.
+	Setup fs.FS
 	// Logger receives the access log and errors. Nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for tag TTLs and the login cache. Nil means time.Now.
@@ -105,7 +115,7 @@ type Proxy struct {
 	tunnels   *tunnels               // raw CONNECT tunnels: policy, per-client cap, idle timeout
 	transport *http.Transport        // dials upstreams; owns the idle connections
 	limiter   *rateLimiter           // wraps transport; every upstream request goes through it
-	upstream  http.RoundTripper      // credentials over limiter: what fetches and pass-throughs use
+	upstream  http.RoundTripper      // credentials over limiter: what fetches and pass-throughs use (mirrorTransport)
 	fetch     fetchClient            // follows redirects, for fills and manifests
 	pass      *httputil.ReverseProxy // for everything not cached
 	// probe sends regproxy's own checks of what a repository shows to a
@@ -116,13 +126,16 @@ type Proxy struct {
 	fills       *fill.Group
 	manifests   *manifestCache
 	manifestTTL time.Duration
+	ttlRules    []TTLRule // see Config.TTLRules and tagTTL
 	metrics     *metrics.Metrics
+	setup       setupPages // GET /setup/CLIENT
 	log         *slog.Logger
 	now         func() time.Time
 
 	mitm      *connListener // intercepted connections, for mitmServer
 	mitmSrv   *http.Server  // serves the registry API on intercepted connections
 	front     *http.Server  // serves the proxy port: CONNECT and plain pages
+	mirror    *mirror       // the registry-mirror front end (ServeMirror)
 	tlsConfig *tls.Config   // shared by interceptions, for session resumption
 
 	grace    time.Duration // of the Shutdown Serve starts
@@ -144,17 +157,24 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkTTLRules(cfg.TTLRules); err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		ca:          cfg.CA,
 		store:       cfg.Store,
 		allow:       allow,
 		dial:        newDialer(cfg.Resolve, cfg.UpstreamProxy),
 		manifestTTL: cfg.ManifestTTL,
+		ttlRules:    cfg.TTLRules,
 		metrics:     cfg.Metrics,
 		log:         cfg.Logger,
 		now:         cfg.Now,
 		grace:       cfg.ShutdownGrace,
 		stopping:    make(chan struct{}),
+	}
+	if p.setup, err = newSetupPages(cfg.Setup, cfg.Registries); err != nil {
+		return nil, err
 	}
 	p.abort, p.cancelAbort = context.WithCancel(context.Background())
 	p.setDefaults()
@@ -170,10 +190,13 @@ func New(cfg Config) (*Proxy, error) {
 	// a host's Retry-After too. The metrics sit below it: they count what
 	// upstream answered, not the 429s the limiter answers itself.
 	p.limiter = newRateLimiter(p.metrics.Transport(p.transport, p.upstreamRegistry), p.now, p.log)
-	p.upstream = upstreamauth.New(p.limiter, cfg.Credentials, upstreamauth.Options{Now: p.now, Logger: p.log})
-	p.fetch = newFetchClient(p.upstream)
 	p.probe = upstreamauth.New(p.limiter, cfg.Credentials,
 		upstreamauth.Options{Now: p.now, Logger: p.log, AnonymousTokens: true})
+	// Mirror clients that send no credentials are signed in as the probe
+	// signs in (see mirror.go).
+	p.upstream = mirrorTransport{signIn: p.probe,
+		next: upstreamauth.New(p.limiter, cfg.Credentials, upstreamauth.Options{Now: p.now, Logger: p.log})}
+	p.fetch = newFetchClient(p.upstream)
 	p.access = newAccess(p.now)
 	p.pass = p.newPassthrough()
 	p.fills = fill.New(fill.Config{Store: cfg.Store, SpoolDir: cfg.SpoolDir, Timeout: cfg.FillTimeout,
@@ -183,6 +206,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.tlsConfig = p.newTLSConfig()
 	p.mitmSrv = p.newMITMServer()
 	p.front = p.newFrontServer()
+	p.mirror = p.newMirror(cfg.Registries)
 	p.mitmSrv.Handler = p.handlers.track(p.mitmSrv.Handler)
 	p.front.Handler = p.handlers.track(p.front.Handler)
 	return p, nil

@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// This file holds the proxy's life after New: Serve runs its two servers,
-// Shutdown and Close stop them.
+// This file holds the proxy's life after New: Serve runs its two servers
+// (ServeMirror a third), Shutdown and Close stop them.
 
 // defaultShutdownGrace is the grace of the Shutdown that Serve starts, for
 // a zero Config.ShutdownGrace.
@@ -50,7 +50,7 @@ func serveErr(err error) error {
 }
 
 // Shutdown stops the proxy:
-//  1. Both servers stop accepting. Tunnels, and interceptions still in
+//  1. Every server stops accepting. Tunnels, and interceptions still in
 //     their TLS handshake, are cut at once: neither carries a response
 //     regproxy could let finish, and a client that stays silent must not
 //     hold the shutdown up.
@@ -86,23 +86,25 @@ func (p *Proxy) Close() error {
 // shutdown runs Shutdown's steps once.
 func (p *Proxy) shutdown(ctx context.Context) error {
 	close(p.stopping)
-	var front, mitm error
+	var front, mitm, mirror error
 	var drain sync.WaitGroup
 	// Each Shutdown closes its listener first: front's stops CONNECTs and
 	// cuts the tunnels (RegisterOnShutdown), mitmSrv's (p.mitm) cuts the
 	// handshakes of interceptions.
 	drain.Go(func() { front = p.front.Shutdown(ctx) })
 	drain.Go(func() { mitm = p.mitmSrv.Shutdown(ctx) })
+	drain.Go(func() { mirror = p.mirror.srv.Shutdown(ctx) })
 	drain.Wait()
 	p.mitm.Close() // in case mitmSrv never served
 	// Besides ctx's end, Server.Shutdown reports only a failed Close of
 	// its listener, after which nothing is left to wait for anyway.
-	err := cmp.Or(front, mitm)
+	err := cmp.Or(front, mitm, mirror)
 	if err != nil {
 		p.log.Warn("shutdown grace ended: cutting requests still in flight",
 			"requests", p.handlers.running(), "err", err)
 		p.front.Close()
 		p.mitmSrv.Close()
+		p.mirror.srv.Close()
 	}
 	p.fills.Close()
 	p.handlers.wait()

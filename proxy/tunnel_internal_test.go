@@ -124,6 +124,27 @@ func TestDialerGuard(t *testing.T) {
 	}
 }
 
+// TestDialerGuardEveryListenAddress: the loop clause covers every port
+// regproxy serves (the proxy port and the mirror port), not only the last
+// one it started on.
+func TestDialerGuardEveryListenAddress(t *testing.T) {
+	t.Parallel()
+	d := newDialer(nil, nil)
+	host := netip.MustParseAddr("192.0.2.10") // a documentation address: judged, never dialled
+	d.serving(net.TCPAddrFromAddrPort(netip.AddrPortFrom(host, 3128)))
+	d.serving(net.TCPAddrFromAddrPort(netip.AddrPortFrom(host, 5000)))
+	for _, tc := range []struct {
+		port    uint16
+		refused bool
+	}{{3128, true}, {5000, true}, {5001, false}} {
+		err := d.check(netip.AddrPortFrom(host, tc.port))
+		var re *refusedError
+		if got := errors.As(err, &re); got != tc.refused {
+			t.Errorf("check %s:%d: %v; want refused %v", host, tc.port, err, tc.refused)
+		}
+	}
+}
+
 // TestTunnelPolicy: under allow everything is tunnelled; under deny only
 // what the list holds, a host entry on every port.
 func TestTunnelPolicy(t *testing.T) {

@@ -24,11 +24,24 @@ deps=(
 	"curl:curl"
 	# TestShellcheck lints scripts/*.sh.
 	"shellcheck:shellcheck"
+	# The setup scripts check the CA with it, and gen-ca.sh makes one.
+	"openssl:openssl"
 	# go test -race needs cgo, which needs a C compiler and libc headers.
 	"gcc:gcc libc6-dev"
 	# make bench (and its quick run in go test) measures nginx's proxy_cache
 	# as a peer. Debian puts nginx in /usr/sbin.
 	"nginx:nginx-light"
+	# The status page test (proxy/status_browser_test.go) renders the page
+	# in headless Chromium, which chromedp drives.
+	"chromium:chromium"
+	# The examples' tests (cmd/regproxy/examples_test.go) check each
+	# example with the program that reads it: the Ansible playbook with
+	# ansible-playbook (ansible-core: the builtin modules are all it uses),
+	# the systemd unit with systemd-analyze, the Compose file with
+	# docker-compose config.
+	"ansible-playbook:ansible-core"
+	"systemd-analyze:systemd"
+	"docker-compose:docker-compose"
 	# npm installs Azurite, which runs on node (install_azurite below).
 	"node:nodejs"
 	"npm:npm"

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,7 +30,7 @@ func caCommand() *cli.Command {
 		Action: unknownCommand,
 		Subcommands: []*cli.Command{{
 			Name:         "print",
-			Usage:        "print the CA certificate in PEM (generating the CA on first use, as serve would)",
+			Usage:        "print the CA certificate in PEM that serve uses (never generating one: see ca init), and its ca_sha256 on stderr",
 			Flags:        append([]cli.Flag{dataDirFlag(), registriesFlag()}, caFlags()...),
 			OnUsageError: usageError,
 			Action:       caPrint,
@@ -47,17 +50,46 @@ func caCommand() *cli.Command {
 	}
 }
 
+// caPrint prints the CA that serve would use, and its fingerprint on
+// stderr as serve logs it and the setup scripts' --ca-sha256 takes it
+// (ca_sha256=HEX), so that stdout stays the PEM file. Unlike serve it
+// never generates a CA: one printed from the wrong --data-dir would be a
+// CA no regproxy serves, and nodes told to trust it would fail every pull.
 func caPrint(c *cli.Context) error {
+	if c.Args().Present() {
+		return cli.Exit(fmt.Sprintf("unexpected argument %q: ca print takes only flags; quote lists (--registries \"a b\")", c.Args().First()), 2)
+	}
 	registries, err := parseRegistries(c.String("registries"))
 	if err != nil {
 		return err
+	}
+	if c.String("ca-cert") == "" && c.String("ca-key") == "" {
+		if err := needCA(c.String("data-dir")); err != nil {
+			return err
+		}
 	}
 	authority, err := loadCA(c, registries, stderrLogger(c))
 	if err != nil {
 		return err
 	}
-	_, err = c.App.Writer.Write(authority.CertPEM())
+	if _, err := c.App.Writer.Write(authority.CertPEM()); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(c.App.ErrWriter, "ca_sha256=%s\n", fingerprint(authority))
 	return err
+}
+
+// needCA fails, with what to do, unless DATA_DIR/ca holds a CA.
+func needCA(dataDir string) error {
+	dir := filepath.Join(dataDir, "ca")
+	exists, err := ca.Exists(dir)
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	if !exists {
+		return cli.Exit(fmt.Sprintf("no CA in %s: give the --data-dir that regproxy serve uses, or create one with `regproxy ca init --data-dir %s`", dir, dataDir), 1)
+	}
+	return nil
 }
 
 // caInit generates DATA_DIR/ca on request, refusing to replace a CA that
@@ -91,17 +123,22 @@ func caInit(c *cli.Context) error {
 	return nil
 }
 
-// reportInit tells the admin what ca init made and what to do next.
+// reportInit tells the admin what ca init made and what to do next: the
+// one-liner that sets up a node, with the new CA's fingerprint.
 func reportInit(c *cli.Context, dir string, authority *ca.CA, replaced bool) {
 	w := c.App.Writer
-	fmt.Fprintf(w, "wrote %s ca_sha256=%s\n", dir, fingerprint(authority))
+	fp := fingerprint(authority)
+	fmt.Fprintf(w, "wrote %s ca_sha256=%s\n", dir, fp)
 	if names := authority.PermittedNames(); len(names) > 0 {
 		fmt.Fprintf(w, "name constraints: %s\n", strings.Join(names, " "))
 	}
 	if replaced {
-		fmt.Fprintln(w, "replaced the old CA: restart regproxy, then make every node trust the new one:")
-		fmt.Fprintf(w, "  scripts/setup-node.sh --ca-sha256 %s PROXY\n", fingerprint(authority))
+		fmt.Fprintln(w, "replaced the old CA: restart regproxy, then make every node trust the new one; on each node, as root:")
+	} else {
+		fmt.Fprintln(w, "start regproxy serve with this --data-dir, then on each node, as root:")
 	}
+	fmt.Fprintf(w, "  %s\n", proxy.SetupCommand("PROXY:3128", "docker", fp))
+	fmt.Fprintln(w, "(containerd, podman or enroot in place of docker; --help for each script's options)")
 }
 
 // parseRegistries reads --registries the way serve does.
@@ -223,4 +260,65 @@ func stderrLogger(c *cli.Context) *slog.Logger {
 func fingerprint(authority *ca.CA) string {
 	sum := sha256.Sum256(authority.Certificate().Raw)
 	return hex.EncodeToString(sum[:])
+}
+
+// caRollback takes back a CA that serve generated in DATA_DIR/ca if serve
+// then fails to start. Such a CA was never served nor logged, so no node
+// trusts it, and leaving it would turn the next start's flags into a
+// surprise: a later --ca-name-constraints refuses the unconstrained CA
+// that a failed start left behind. serve binds its port before the CA, so
+// the usual failure (a port in use) never gets this far.
+type caRollback struct {
+	dir    string // DATA_DIR/ca if it held no CA before this start; "" if there is nothing to take back
+	hadDir bool   // dir existed (empty of a CA) before: keep it
+}
+
+// loadServeCA loads serve's CA into cfg.CA, as loadCA does. undo takes
+// back the CA if this call generated it, for a start that fails after.
+func loadServeCA(c *cli.Context, cfg *proxy.Config) (undo func(), err error) {
+	rollback, err := prepareRollback(c)
+	if err != nil {
+		return nil, cli.Exit(err.Error(), 1)
+	}
+	authority, err := loadCA(c, cfg.Registries, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CA = authority
+	return func() { rollback.undo(authority, cfg.Logger) }, nil
+}
+
+// prepareRollback looks at DATA_DIR/ca before serve loads the CA.
+func prepareRollback(c *cli.Context) (caRollback, error) {
+	if c.String("ca-cert") != "" {
+		return caRollback{}, nil // a supplied CA is never generated
+	}
+	dir := filepath.Join(c.String("data-dir"), "ca")
+	exists, err := ca.Exists(dir)
+	if err != nil || exists {
+		return caRollback{}, err // loadCA reports the error
+	}
+	_, statErr := os.Stat(dir)
+	return caRollback{dir: dir, hadDir: statErr == nil}, nil
+}
+
+// undo removes the CA that this start generated, if the files still hold
+// it: the certificate first, since it marks a complete pair. Only a
+// failure to remove it is logged.
+func (r caRollback) undo(authority *ca.CA, log *slog.Logger) {
+	if r.dir == "" {
+		return
+	}
+	certFile := filepath.Join(r.dir, "ca.crt")
+	if pem, err := os.ReadFile(certFile); err != nil || !bytes.Equal(pem, authority.CertPEM()) {
+		return // not ours any more, or gone
+	}
+	err := errors.Join(os.Remove(certFile), os.Remove(filepath.Join(r.dir, "ca.key")))
+	if err == nil && !r.hadDir {
+		err = os.Remove(r.dir)
+	}
+	if err != nil {
+		log.Warn("could not remove the CA generated by this failed start", "dir", r.dir, "err", err)
+	}
+	// Silent otherwise: the start's error stays the one line it reports.
 }

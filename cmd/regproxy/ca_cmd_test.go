@@ -158,13 +158,18 @@ func curlLeaf(t *testing.T, curlPath string, authority *ca.CA, leaf *tls.Certifi
 // Hub's hosts included.
 func TestCAInit(t *testing.T) {
 	dataDir := t.TempDir()
-	dir := initCA(t, dataDir)
+	code, stdout, stderr := runCLI(t, "ca", "init", "--data-dir", dataDir)
+	if code != 0 || stderr != "" {
+		t.Fatalf("ca init: exit code %d, stderr %q", code, stderr)
+	}
+	dir := filepath.Join(dataDir, "ca")
 	first := loadDir(t, dir)
 	if first.Constrained() {
 		t.Error("ca init without --name-constraints made a constrained CA")
 	}
+	wantInitHint(t, stdout, dir, false)
 
-	code, stdout, stderr := runCLI(t, "ca", "init", "--data-dir", dataDir, "--name-constraints")
+	code, stdout, stderr = runCLI(t, "ca", "init", "--data-dir", dataDir, "--name-constraints")
 	wantRuntimeError(t, "--force", code, stdout, stderr)
 	if !bytes.Equal(loadDir(t, dir).CertPEM(), first.CertPEM()) {
 		t.Fatal("ca init without --force replaced the CA")
@@ -176,11 +181,7 @@ func TestCAInit(t *testing.T) {
 		t.Fatalf("ca init --force: exit code %d, stderr %q", code, stderr)
 	}
 	second := loadDir(t, dir)
-	for _, want := range []string{"ca_sha256=" + fingerprint(second), "replaced the old CA", "--ca-sha256 " + fingerprint(second)} {
-		if !strings.Contains(stdout, want) {
-			t.Errorf("stdout %q lacks %q", stdout, want)
-		}
-	}
+	wantInitHint(t, stdout, dir, true)
 	wantNames := []string{
 		"docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com", "docker.io",
 		"production.cloudflare.docker.com", "quay.io", "registry.test", "10.1.2.3/32", "fd00::1/128",
@@ -188,6 +189,83 @@ func TestCAInit(t *testing.T) {
 	if got := second.PermittedNames(); !slices.Equal(got, wantNames) {
 		t.Errorf("permitted names = %q, want %q", got, wantNames)
 	}
+}
+
+// wantInitHint checks what ca init printed for the CA it wrote to dir: its
+// ca_sha256, computed here from ca.crt, and the one-liner that sets up a
+// node with it, as the proxy port's page at / shows it; and, if it
+// replaced a CA, that it says so.
+func wantInitHint(t *testing.T, stdout, dir string, replaced bool) {
+	t.Helper()
+	fp := pemFingerprint(t, filepath.Join(dir, "ca.crt"))
+	want := []string{
+		"wrote " + dir + " ca_sha256=" + fp + "\n",
+		"\n  curl -fsS http://PROXY:3128/setup/docker | sh -s -- --ca-sha256 " + fp + "\n",
+	}
+	if replaced {
+		want = append(want, "replaced the old CA")
+	}
+	for _, w := range want {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("ca init printed:\n%s\nwant %q in it", stdout, w)
+		}
+	}
+	if !replaced && strings.Contains(stdout, "replaced") {
+		t.Errorf("ca init of a new CA printed:\n%s\nwant no word of replacing one", stdout)
+	}
+}
+
+// TestCAPrintFingerprint: ca print writes the certificate, exactly, to
+// stdout, and its fingerprint to stderr as one line, ca_sha256=HEX, as
+// serve logs it (lowercase hex of the SHA-256 of the DER, computed here
+// from the file), for DATA_DIR/ca and for a supplied CA alike. A setup
+// script takes that HEX as its --ca-sha256 for the printed certificate.
+func TestCAPrintFingerprint(t *testing.T) {
+	dataDir := t.TempDir()
+	dir := initCA(t, dataDir)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"data dir", []string{"--data-dir", dataDir}},
+		{"supplied", []string{"--ca-cert", filepath.Join(dir, "ca.crt"), "--ca-key", filepath.Join(dir, "ca.key")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, append([]string{"ca", "print"}, tc.args...)...)
+			want, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fp := pemFingerprint(t, filepath.Join(dir, "ca.crt"))
+			if code != 0 || stdout != string(want) || stderr != "ca_sha256="+fp+"\n" {
+				t.Fatalf("ca print: exit code %d, stdout %q, stderr %q; want 0, the CA, and ca_sha256=%s", code, stdout, stderr, fp)
+			}
+			printed := filepath.Join(t.TempDir(), "ca.crt")
+			if err := os.WriteFile(printed, []byte(stdout), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			hex := strings.TrimSpace(strings.TrimPrefix(stderr, "ca_sha256="))
+			r := newNodeRoot(t, nil).runFile(t, "setup-docker.sh", "--proxy", "proxy.test", "--ca-file", printed, "--ca-sha256", hex)
+			if r.code != 0 || !strings.Contains(r.stdout, "CA: ca_sha256="+hex+" from "+printed+" matches --ca-sha256") {
+				t.Errorf("setup-docker.sh --ca-sha256 %s: %s", hex, r)
+			}
+		})
+	}
+}
+
+// cutFingerprint checks that stderr of ca print ends with the ca_sha256
+// line of the CA it printed, caPEM, and returns what comes before it.
+func cutFingerprint(t *testing.T, caPEM, stderr string) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(file, []byte(caPEM), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rest, ok := strings.CutSuffix(stderr, "ca_sha256="+pemFingerprint(t, file)+"\n")
+	if !ok {
+		t.Errorf("stderr of ca print = %q, want its last line ca_sha256=%s", stderr, pemFingerprint(t, file))
+	}
+	return rest
 }
 
 // TestCAInitFromEnv checks that ca init reads --registries and
@@ -225,13 +303,15 @@ func TestCAInitBadUsage(t *testing.T) {
 }
 
 // TestServeNameConstraints checks how serve and ca print, which load the CA
-// the same way, treat DATA_DIR/ca under --ca-name-constraints: generate a
-// constrained CA if there is none, reuse one that covers the registries,
-// and stop with exit 1 and the way out if it does not.
+// the same way, treat DATA_DIR/ca under --ca-name-constraints: reuse a
+// constrained CA that covers the registries, and stop with exit 1 and the
+// way out if it does not. (serve generates a constrained CA if there is
+// none: TestServeChecksCA; ca print never generates: TestCAPrintNoCA.)
 func TestServeNameConstraints(t *testing.T) {
 	flag := "--ca-name-constraints"
-	t.Run("no CA yet", func(t *testing.T) {
+	t.Run("constrained CA", func(t *testing.T) {
 		dataDir := t.TempDir()
+		initCA(t, dataDir, "--name-constraints", "--registries", "registry.test")
 		pem := caPrintOK(t, "--data-dir", dataDir, flag, "--registries", "registry.test")
 		authority := loadDir(t, filepath.Join(dataDir, "ca"))
 		if string(authority.CertPEM()) != pem || !slices.Equal(authority.PermittedNames(), []string{"registry.test"}) {
@@ -309,13 +389,13 @@ func TestSuppliedCAWarnings(t *testing.T) {
 			if want, _ := os.ReadFile(filepath.Join(tc.dir, "ca.crt")); code != 0 || stdout != string(want) {
 				t.Fatalf("ca print: exit code %d, stderr %q; want 0 and the supplied CA", code, stderr)
 			}
-			wantLine(t, stderr, tc.want)
+			wantLine(t, cutFingerprint(t, stdout, stderr), tc.want)
 		})
 	}
 }
 
-// wantLine checks that stderr is empty if want is, and else is one line
-// holding every string of want.
+// wantLine checks that stderr (of ca print, without its ca_sha256 line) is
+// empty if want is, and else is one line holding every string of want.
 func wantLine(t *testing.T, stderr string, want []string) {
 	t.Helper()
 	if len(want) == 0 {
@@ -358,10 +438,11 @@ func TestCAModeWarnings(t *testing.T) {
 			if err := os.Chmod(dir, tc.dirMode); err != nil {
 				t.Fatal(err)
 			}
-			code, _, stderr := runCLI(t, "ca", "print", "--data-dir", dataDir)
+			code, stdout, stderr := runCLI(t, "ca", "print", "--data-dir", dataDir)
 			if code != 0 {
 				t.Fatalf("ca print: exit code %d, stderr %q", code, stderr)
 			}
+			stderr = cutFingerprint(t, stdout, stderr)
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
 			if len(tc.want) == 0 {
 				lines = nil

@@ -67,13 +67,17 @@ func wantUsageError(t *testing.T, flag string, code int, stdout, stderr string) 
 	}
 }
 
+// TestVersion checks that the version command and the version flags
+// print the same line.
 func TestVersion(t *testing.T) {
-	code, stdout, stderr := runCLI(t, "version")
-	if code != 0 || stderr != "" {
-		t.Errorf("exit code %d, stderr %q; want 0 and empty", code, stderr)
-	}
-	if got, want := stdout, "regproxy "+version+"\n"; got != want {
-		t.Errorf("stdout = %q, want %q", got, want)
+	for _, arg := range []string{"version", "--version", "-v"} {
+		code, stdout, stderr := runCLI(t, arg)
+		if code != 0 || stderr != "" {
+			t.Errorf("regproxy %s: exit code %d, stderr %q; want 0 and empty", arg, code, stderr)
+		}
+		if got, want := stdout, "regproxy "+version+"\n"; got != want {
+			t.Errorf("regproxy %s: stdout = %q, want %q", arg, got, want)
+		}
 	}
 }
 
@@ -155,11 +159,12 @@ func TestBadFlagFromEnv(t *testing.T) {
 
 func TestCAPrint(t *testing.T) {
 	dir := t.TempDir()
+	initCA(t, dir)
 	caPrint := func() string {
 		t.Helper()
 		code, stdout, stderr := runCLI(t, "ca", "print", "--data-dir", dir)
-		if code != 0 || stderr != "" {
-			t.Fatalf("ca print: exit code %d, stderr %q; want 0 and empty", code, stderr)
+		if code != 0 || cutFingerprint(t, stdout, stderr) != "" {
+			t.Fatalf("ca print: exit code %d, stderr %q; want 0 and only the ca_sha256 line", code, stderr)
 		}
 		return stdout
 	}

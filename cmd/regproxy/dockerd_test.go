@@ -25,10 +25,13 @@ const (
 )
 
 // dockerdTTL is the --manifest-ttl of the dockerd test. Its second pull,
-// some 0.4 s after the first here, must find every tag record fresh (it
-// asserts that no manifest request goes upstream, not even a HEAD), and
-// its pull during the outage waits it out.
-const dockerdTTL = 2 * time.Second
+// some 0.4 s after the first on a quiet machine, must find every tag
+// record fresh (it asserts that no manifest request goes upstream, not
+// even a HEAD), and its pull during the outage waits it out. 2 s was too
+// short on a loaded 2-core machine, where the removal and the second pull
+// took longer and revalidated the records; 8 s leaves a wide margin at
+// the cost of a few seconds' wait before the outage.
+const dockerdTTL = 8 * time.Second
 
 // TestDockerdPull pulls an image and a multi-arch index with a real dockerd
 // whose only proxy settings are those of a systemd drop-in. Then it empties
@@ -85,6 +88,7 @@ type dockerd struct {
 	cli     string // the docker CLI
 	cliEnv  []string
 	logFile string // dockerd's and its containerd's stdout and stderr
+	config  string // a daemon.json whose settings dockerd gets too; "" for none
 	proc    proc   // dockerd, leading a process group of its own
 	exited  chan struct{}
 	err     error // Wait's result; read after exited is closed
@@ -94,6 +98,13 @@ type dockerd struct {
 // waits until the docker CLI at cli gets an answer. It is stopped when the
 // test ends, failed or not.
 func startDockerd(t *testing.T, bin, cli string, env []string) *dockerd {
+	t.Helper()
+	return startDockerdConfig(t, bin, cli, env, "")
+}
+
+// startDockerdConfig is startDockerd with the settings of config, a
+// daemon.json ("" for none), added to the test's own.
+func startDockerdConfig(t *testing.T, bin, cli string, env []string, config string) *dockerd {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "dkr")
 	if err != nil {
@@ -113,6 +124,7 @@ func startDockerd(t *testing.T, bin, cli string, env []string) *dockerd {
 		},
 		logFile: filepath.Join(dir, "dockerd.log"),
 		exited:  make(chan struct{}),
+		config:  config,
 	}
 	cmd := exec.Command(bin, dk.args(t)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
@@ -148,14 +160,25 @@ func lookDocker(t *testing.T) (bin, cli string) {
 	return bin, cli
 }
 
-// args are the flags of a systemd unit, plus isolation: a config file that
-// keeps the trust key out of /etc/docker, and containerd namespaces of its
-// own. Without --containerd, dockerd starts its own containerd under
-// exec-root.
+// args are the flags of a systemd unit, plus isolation: a config file
+// (dk.config's settings, if any, and one) that keeps the trust key out of
+// /etc/docker, and containerd namespaces of its own. Without --containerd,
+// dockerd starts its own containerd under exec-root.
 func (dk *dockerd) args(t *testing.T) []string {
 	t.Helper()
 	config := filepath.Join(dk.dir, "daemon.json")
-	b, err := json.Marshal(map[string]string{"deprecated-key-path": filepath.Join(dk.dir, "key.json")})
+	settings := map[string]any{}
+	if dk.config != "" {
+		b, err := os.ReadFile(dk.config)
+		if err == nil {
+			err = json.Unmarshal(b, &settings)
+		}
+		if err != nil {
+			t.Fatalf("daemon.json %s: %v", dk.config, err)
+		}
+	}
+	settings["deprecated-key-path"] = filepath.Join(dk.dir, "key.json")
+	b, err := json.Marshal(settings)
 	if err == nil {
 		err = os.WriteFile(config, b, 0o600)
 	}

@@ -83,7 +83,8 @@ func clearEnv() {
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		switch {
-		case strings.HasPrefix(name, "REGPROXY_"), name == "REGISTRIES", name == "MANIFEST_CACHE_DEFAULT_TIME", name == "AUTH_REGISTRIES":
+		case strings.HasPrefix(name, "REGPROXY_"), strings.HasPrefix(name, "MANIFEST_CACHE_"), name == "REGISTRIES", name == "AUTH_REGISTRIES",
+			name == "CACHE_MAX_SIZE":
 			os.Unsetenv(name)
 		}
 	}

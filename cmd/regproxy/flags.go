@@ -73,6 +73,9 @@ func serveFlags() []cli.Flag {
 			Usage: "most tunnels one client IP may hold at once"},
 		&cli.StringFlag{Name: "manifest-ttl", Value: "1h", EnvVars: env("manifest-ttl", "MANIFEST_CACHE_DEFAULT_TIME"),
 			Usage: "how long a manifest fetched by tag is served before revalidation (e.g. 30m, 1h, 1d)"},
+		ttlRuleFlag(),
+		&cli.BoolFlag{Name: "status-repos", EnvVars: env("status-repos"),
+			Usage: "list the top repositories by bytes served on the status page (GET / in a browser, /status.json), which everyone who reaches the proxy port can read"},
 		&cli.StringFlag{Name: "fill-timeout", Value: "1h", EnvVars: env("fill-timeout"), Usage: "time limit of one blob download into the cache"},
 		&cli.StringFlag{Name: "fill-stall-timeout", Value: "1m", EnvVars: env("fill-stall-timeout"),
 			Usage: "a blob download that receives no byte for this long is resumed with a Range request, or fails"},
@@ -84,6 +87,7 @@ func serveFlags() []cli.Flag {
 	}
 	flags = append(flags, storageFlags()...)
 	flags = append(flags, evictFlags()...)
+	flags = append(flags, mirrorFlags()...)
 	return append(flags, caFlags()...)
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -154,14 +156,22 @@ func TestLogWriterConcurrent(t *testing.T) {
 }
 
 // TestRunFlushesLog: what serve logs is all on stderr when run returns, in
-// order, with run's own error line last.
+// order, with run's own error line last. serve logs (a warning of the CA
+// key's mode), then fails (the cache is a file).
 func TestRunFlushesLog(t *testing.T) {
 	dataDir := t.TempDir()
+	caDir := initCA(t, dataDir)
+	if err := os.Chmod(filepath.Join(caDir, "ca.key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, "cache"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var stderr bytes.Buffer
-	code := run([]string{"regproxy", "serve", "--listen", "256.0.0.1:1", "--data-dir", dataDir,
+	code := run([]string{"regproxy", "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
 		"--log-format", "json"}, &bytes.Buffer{}, &stderr)
 	if code == 0 {
-		t.Fatal("serve on a bad address exited 0")
+		t.Fatal("serve with a file for its cache exited 0")
 	}
 	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 	if len(lines) < 2 || !strings.HasPrefix(lines[len(lines)-1], "regproxy: ") {

@@ -14,6 +14,15 @@ import (
 // version is stamped by the Makefile (-X main.version=…).
 var version = "dev"
 
+// urfave/cli prints "regproxy version X" for --version; the version command
+// and --version print the same line, so that scripts may use either.
+func init() { cli.VersionPrinter = printVersion }
+
+// printVersion prints "regproxy X" on the app's stdout.
+func printVersion(c *cli.Context) {
+	fmt.Fprintln(c.App.Writer, c.App.Name, version)
+}
+
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
@@ -52,11 +61,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			serveCommand(),
 			caCommand(),
 			cacheCommand(),
+			warmCommand(),
+			healthcheckCommand(),
 			{
 				Name:  "version",
-				Usage: "print the version",
+				Usage: "print the version (as --version does)",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintln(c.App.Writer, "regproxy", version)
+					printVersion(c)
 					return nil
 				},
 			},

@@ -28,7 +28,7 @@ const (
 
 // HubUser and HubPassword are the one account of the hub's token server.
 // Its tokens may pull repositories under "private/" as well as "public/";
-// anonymous tokens may pull only "public/".
+// anonymous tokens may pull only "public/" and "library/".
 const (
 	HubUser     = "puller"
 	HubPassword = "s3cret-pw"

@@ -79,7 +79,7 @@ type config struct {
 
 // WithHostName makes Host use name instead of "registry.test". The name must
 // be one the server certificate holds: "registry.test", "registry2.test",
-// "auth.test" or "cdn.test".
+// "auth.test", "cdn.test" or "registry-1.docker.io".
 func WithHostName(name string) Option {
 	return func(c *config) { c.hostName = name }
 }

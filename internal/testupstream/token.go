@@ -184,15 +184,16 @@ func (h *hub) issue(who identity, scopes []string) (string, time.Time) {
 	return tok, now
 }
 
-// mayDo is the hub's access policy: anyone pulls "public/", HubUser also
-// pulls "private/", and the fixture itself does anything anywhere.
+// mayDo is the hub's access policy: anyone pulls "public/" and, as on
+// Docker Hub, "library/" (its official images); HubUser also pulls
+// "private/", and the fixture itself does anything anywhere.
 func mayDo(who identity, name, action string) bool {
 	switch {
 	case who == pusher:
 		return true
 	case action != "pull":
 		return false
-	case strings.HasPrefix(name, "public/"):
+	case strings.HasPrefix(name, "public/"), strings.HasPrefix(name, "library/"):
 		return true
 	}
 	return who == hubUser && strings.HasPrefix(name, "private/")

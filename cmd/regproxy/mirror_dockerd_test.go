@@ -1,0 +1,96 @@
+package main
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestDockerdMirrorPull pulls a Docker Hub image and a multi-arch index
+// with a real dockerd whose only configuration for it is the daemon.json
+// that setup-docker.sh --mirror wrote, whose registry-mirrors names
+// regproxy's plain-HTTP mirror port: no proxy, no CA. The upstream plays registry-1.docker.io, which is where
+// requests that name no registry go. dockerd's own way to Docker Hub
+// leads nowhere (its HTTPS_PROXY is a dead port), so the images can only
+// have come through the mirror. After dockerd's store is emptied, a
+// second pull must fetch no blob upstream, and every blob the first pull
+// fetched is a HIT through the mirror. (dockerd keeps the manifests it
+// pulled in a store of its own, which rmi leaves alone, so it may not ask
+// for them again.)
+func TestDockerdMirrorPull(t *testing.T) {
+	t.Parallel()
+	bin, cli := lookDocker(t)
+	s := newMirrorSetup(t, "registry-1.docker.io")
+	n := mirrorRoot(t, "setup-docker.sh", "http://"+s.mirror)
+	dk := startDockerdConfig(t, bin, cli, []string{
+		"HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9", "NO_PROXY=", "no_proxy=",
+	}, n.path("etc/docker/daemon.json"))
+	images := []hubImage{s.Image, s.Index}
+
+	for _, img := range images {
+		dk.pullHub(t, img)
+	}
+	before := s.BlobFetches()
+	if before == 0 {
+		t.Fatal("first pull: no blob fetches upstream; the second pull would prove nothing")
+	}
+	missed := s.loggedBlobs(0, "MISS")
+	dk.removeHub(t, images)
+
+	skip := s.d.lines()
+	for _, img := range images {
+		if out := dk.pullHub(t, img); strings.Contains(out, "Already exists") {
+			t.Errorf("second pull of %s reused local layers:\n%s", img.Repo, out)
+		}
+	}
+	s.AssertNoBlobFetchesSince(t, before, "dockerd second pull through the mirror")
+	s.assertFront(t, skip, "dockerd second pull through the mirror", "registry-1.docker.io:443", "mirror", "HIT", missed)
+}
+
+// pullHub pulls img as a Docker Hub image ("public/app:v1", no registry)
+// and checks the digest dockerd reports and records.
+func (dk *dockerd) pullHub(t *testing.T, img hubImage) string {
+	t.Helper()
+	ref := img.Repo + ":" + img.Tag
+	out, err := dk.docker(t.Context(), dockerPullTimeout, "pull", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "Digest: "+img.Digest) {
+		t.Errorf("docker pull %s: no %q line in its output:\n%s", ref, "Digest: "+img.Digest, out)
+	}
+	js, err := dk.docker(t.Context(), dockerCmdTimeout, "image", "inspect", "--format", "{{json .RepoDigests}}", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := json.Unmarshal([]byte(js), &got); err != nil {
+		t.Fatalf("RepoDigests of %s: %v in %q", ref, err, js)
+	}
+	if want := img.Repo + "@" + img.Digest; !slices.Contains(got, want) {
+		t.Errorf("RepoDigests of %s = %q, want %q", ref, got, want)
+	}
+	return out
+}
+
+// removeHub empties dockerd's image store of images, pulled by pullHub.
+func (dk *dockerd) removeHub(t *testing.T, images []hubImage) {
+	t.Helper()
+	rmi := []string{"rmi", "-f"}
+	for _, img := range images {
+		rmi = append(rmi, img.Repo+":"+img.Tag)
+	}
+	for _, args := range [][]string{rmi, {"image", "prune", "-af"}} {
+		if _, err := dk.docker(t.Context(), dockerCmdTimeout, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := dk.docker(t.Context(), dockerCmdTimeout, "images", "-aq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := strings.TrimSpace(out); ids != "" {
+		t.Fatalf("docker images -aq after rmi and prune: %q, want none", ids)
+	}
+}
