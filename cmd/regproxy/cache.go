@@ -1,79 +1,68 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"log/slog"
-	"path/filepath"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/evict"
+	"github.com/regproxy/regproxy/metrics"
 )
 
-// The cache command works on DATA_DIR/cache beside a server that may be
-// running on it: it opens the store without sweeping the spool (the
-// server's fills in progress live there), and evicts with the same
-// conditional deletes as the server, which leave directories in place.
+// regproxy cache inspects and trims the cache serve keeps, on disk or in
+// Azure (see cache_store.go for how it opens it beside a running server):
+// stats and gc here, ls in cache_ls.go, rm in cache_rm.go, verify in
+// cache_verify.go. Every command prints for people, or JSON with --json.
+// Exit codes: 0; 1 for a failure, a name or digest not in the cache, or
+// a corrupt entry found; 2 for bad usage.
 
 func cacheCommand() *cli.Command {
-	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON, for scripts"}
 	return &cli.Command{
 		Name:   "cache",
-		Usage:  "inspect or trim the disk cache (also while serve runs on it)",
+		Usage:  "inspect or trim the cache (also while serve runs on it)",
 		Action: unknownCommand,
 		Subcommands: []*cli.Command{{
-			Name:         "stats",
-			Usage:        "entries and bytes by kind, last uses and free space",
-			Flags:        []cli.Flag{dataDirFlag(), jsonFlag},
+			Name:      "stats",
+			Usage:     "entries and bytes by kind, last uses, free space, and with --server the server's hit ratio and bytes saved",
+			ArgsUsage: " ",
+			Flags: cacheFlags(&cli.StringFlag{Name: "server",
+				Usage: "URL of the proxy port of a server running on this cache (e.g. http://127.0.0.1:3128): add its hit ratio and bytes saved since it started, read from its /metrics"}),
 			OnUsageError: usageError,
 			Action:       cacheStats,
-		}, {
-			Name:  "gc",
-			Usage: "evict now: down to --max-size, or what was not used for --older-than",
-			Flags: []cli.Flag{
-				dataDirFlag(),
-				&cli.StringFlag{Name: "max-size", Usage: "evict, least recently used first, until the cache holds at most SIZE (e.g. 100G)"},
-				&cli.StringFlag{Name: "older-than", Usage: "evict blobs and manifests not used for DURATION, and tag records not validated for it (e.g. 30d)"},
-				&cli.StringFlag{Name: "manifest-ttl", Value: "1h", EnvVars: env("manifest-ttl", "MANIFEST_CACHE_DEFAULT_TIME"),
-					Usage: "serve's --manifest-ttl: tag records older than this may go to make room for --max-size"},
-				jsonFlag,
+		},
+			cacheLsCommand(),
+			cacheRmCommand(),
+			{
+				Name:      "gc",
+				Usage:     "evict now: down to --max-size, or what was not used for --older-than",
+				ArgsUsage: " ",
+				Flags: cacheFlags(
+					&cli.StringFlag{Name: "max-size", Usage: "evict, least recently used first, until the cache holds at most SIZE (e.g. 100G)"},
+					&cli.StringFlag{Name: "older-than", Usage: "evict blobs and manifests not used for DURATION, and tag records not validated for it (e.g. 30d)"},
+					manifestTTLFlag("serve's --manifest-ttl: tag records written before TTL rules that are older than this may go to make room for --max-size"),
+				),
+				OnUsageError: usageError,
+				Action:       cacheGC,
 			},
-			OnUsageError: usageError,
-			Action:       cacheGC,
-		}},
+			cacheVerifyCommand(),
+		},
 	}
 }
 
 // cacheFreeSpace reports the free space of the cache's filesystem; tests
 // replace it to make the output reproducible.
 var cacheFreeSpace = (*cachestore.Disk).FreeSpace
-
-// openIndex opens DATA_DIR/cache and loads its index.
-func openIndex(c *cli.Context, cfg evict.Config) (*cachestore.Disk, *evict.Index, error) {
-	if c.Args().Present() {
-		return nil, nil, cli.Exit(fmt.Sprintf("unexpected argument %q: cache %s takes only flags", c.Args().First(), c.Command.Name), 2)
-	}
-	dir := filepath.Join(c.String("data-dir"), "cache")
-	disk, err := cachestore.OpenDisk(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, cli.Exit(fmt.Sprintf("no cache in %s (serve creates it)", dir), 1)
-	}
-	if err != nil {
-		return nil, nil, cli.Exit(err.Error(), 1)
-	}
-	cfg.Logger = slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ix := evict.New(disk, cfg)
-	if err := ix.Load(c.Context); err != nil {
-		return nil, nil, cli.Exit(err.Error(), 1)
-	}
-	return disk, ix, nil
-}
 
 // statsOutput is what cache stats prints.
 type statsOutput struct {
@@ -87,13 +76,51 @@ type statsOutput struct {
 	OldestUse *time.Time `json:"oldestUse"`
 	NewestUse *time.Time `json:"newestUse"`
 	// Free and FilesystemSize are of the cache's filesystem; null when
-	// they cannot be read.
+	// they cannot be read (and with --storage azure).
 	Free           *int64 `json:"free"`
 	FilesystemSize *int64 `json:"filesystemSize"`
+	// Server is what --server reported; absent without it.
+	Server *serverStats `json:"server,omitempty"`
+}
+
+// serverStats is what a server's /metrics says of it, or why it could not
+// be read.
+type serverStats struct {
+	URL   string `json:"url"`
+	Error string `json:"error,omitempty"`
+	*ServerFigures
+}
+
+// ServerFigures are a server's figures since it started.
+type ServerFigures struct {
+	Started *time.Time `json:"started"`
+	// CacheRequests are the requests the cache could answer (outcome hit,
+	// miss, joined, stale, revalidated), and Hits those of them that
+	// needed no fetch of their own: HitRatio is the one over the other.
+	CacheRequests int64   `json:"cacheRequests"`
+	Hits          int64   `json:"hits"`
+	HitRatio      float64 `json:"hitRatio"`
+	// ServedBytes are the bytes sent to clients, UpstreamBytes those
+	// fetched upstream, and SavedBytes the one less the other.
+	ServedBytes   int64 `json:"servedBytes"`
+	UpstreamBytes int64 `json:"upstreamBytes"`
+	SavedBytes    int64 `json:"savedBytes"`
 }
 
 func cacheStats(c *cli.Context) error {
-	disk, ix, err := openIndex(c, evict.Config{})
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	server, err := serverURL(c.String("server"))
+	if err != nil {
+		return err
+	}
+	cs, err := openCache(c)
+	if err != nil {
+		return err
+	}
+	defer cs.close()
+	ix, err := cs.index(c, evict.Config{})
 	if err != nil {
 		return err
 	}
@@ -107,13 +134,102 @@ func cacheStats(c *cli.Context) error {
 		oldest, newest := st.OldestUse.UTC(), st.NewestUse.UTC()
 		out.OldestUse, out.NewestUse = &oldest, &newest
 	}
-	if avail, size, err := cacheFreeSpace(disk); err == nil {
-		out.Free, out.FilesystemSize = &avail, &size
+	if cs.disk != nil {
+		if avail, size, err := cacheFreeSpace(cs.disk); err == nil {
+			out.Free, out.FilesystemSize = &avail, &size
+		}
+	}
+	if server != "" {
+		out.Server = scrapeServer(c.Context, server)
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, out)
 	}
 	return printStats(c.App.Writer, out)
+}
+
+// serverURL reads --server: a URL, or HOST:PORT for http://HOST:PORT. ""
+// is none.
+func serverURL(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	raw := s
+	if !strings.Contains(raw, "://") {
+		raw = "http://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err == nil && (u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "") {
+		err = errors.New("want the proxy port's URL, e.g. http://127.0.0.1:3128")
+	}
+	if err != nil {
+		return "", badFlag("server", fmt.Errorf("%q: %v", s, err))
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
+}
+
+// serverTimeout bounds the scrape of a server's /metrics.
+const serverTimeout = 5 * time.Second
+
+// scrapeServer reads the figures of the server at base from its /metrics.
+// A server that does not answer is reported, not an error: the stats of
+// the cache stand without it.
+func scrapeServer(ctx context.Context, base string) *serverStats {
+	s := &serverStats{URL: base}
+	ctx, cancel := context.WithTimeout(ctx, serverTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		s.Error = err.Error()
+		return s
+	}
+	// The proxy port itself, never through a proxy of the environment.
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		s.Error = "unreachable: " + netReason(err)
+		return s
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.Error = fmt.Sprintf("GET /metrics: %s", resp.Status)
+		return s
+	}
+	snap, started, err := metrics.ParseSnapshot(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		s.Error = "its /metrics cannot be read: " + netReason(err)
+		return s
+	}
+	if snap.CacheRequests == 0 && snap.Requests == 0 && started.IsZero() {
+		s.Error = "its /metrics has no regproxy figures: is it a regproxy?"
+		return s
+	}
+	f := &ServerFigures{
+		CacheRequests: int64(snap.CacheRequests), Hits: int64(snap.CacheHits), HitRatio: snap.HitRatio(),
+		ServedBytes: int64(snap.ServedBytes), UpstreamBytes: int64(snap.UpstreamBytes), SavedBytes: int64(snap.BytesSaved()),
+	}
+	if !started.IsZero() {
+		f.Started = &started
+	}
+	s.ServerFigures = f
+	return s
+}
+
+// netReason is the part of a request's error that says what went wrong,
+// without the URL (which the line names already).
+func netReason(err error) string {
+	var op *net.OpError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), os.IsTimeout(err):
+		return fmt.Sprintf("no answer within %v", serverTimeout)
+	case errors.As(err, &op):
+		return op.Err.Error()
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err.Error()
+	}
+	return err.Error()
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -140,7 +256,30 @@ func printStats(w io.Writer, s statsOutput) error {
 	if s.Free != nil {
 		fmt.Fprintf(w, "free space: %s of %s\n", humanSize(*s.Free), humanSize(*s.FilesystemSize))
 	}
+	if s.Server != nil {
+		printServer(w, s.Server)
+	}
 	return nil
+}
+
+func printServer(w io.Writer, s *serverStats) {
+	if s.ServerFigures == nil {
+		fmt.Fprintf(w, "server %s: %s\n", s.URL, s.Error)
+		return
+	}
+	since := ""
+	if s.Started != nil {
+		since = ", since it started " + s.Started.UTC().Format(time.DateTime) + " (UTC)"
+	}
+	fmt.Fprintf(w, "server %s%s:\n", s.URL, since)
+	if s.CacheRequests == 0 {
+		fmt.Fprintln(w, "  hit ratio: no request the cache could answer yet")
+	} else {
+		fmt.Fprintf(w, "  hit ratio: %.1f%% (%d of %d requests the cache could answer needed no fetch of their own)\n",
+			100*s.HitRatio, s.Hits, s.CacheRequests)
+	}
+	fmt.Fprintf(w, "  bytes saved: %s (%s served, %s fetched upstream)\n",
+		humanSize(max(0, s.SavedBytes)), humanSize(s.ServedBytes), humanSize(s.UpstreamBytes))
 }
 
 // gcOutput is what cache gc prints.
@@ -150,6 +289,9 @@ type gcOutput struct {
 }
 
 func cacheGC(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
 	var maxSize int64 = -1
 	var olderThan time.Duration
 	var err error
@@ -170,13 +312,18 @@ func cacheGC(c *cli.Context) error {
 	if err != nil {
 		return badFlag("manifest-ttl", err)
 	}
-	_, ix, err := openIndex(c, evict.Config{ManifestTTL: ttl})
+	cs, err := openCache(c)
+	if err != nil {
+		return err
+	}
+	defer cs.close()
+	ix, err := cs.index(c, evict.Config{ManifestTTL: ttl})
 	if err != nil {
 		return err
 	}
 	var out gcOutput
 	if olderThan > 0 {
-		out.Evicted = ix.EvictUnusedSince(c.Context, time.Now().Add(-olderThan))
+		out.Evicted = ix.EvictUnusedSince(c.Context, cacheNow().Add(-olderThan))
 	}
 	if maxSize >= 0 {
 		r := ix.Trim(c.Context, maxSize)
