@@ -7,6 +7,8 @@ import (
 	"html/template"
 	"net/http"
 	"time"
+
+	"github.com/regproxy/regproxy/internal/bytesize"
 )
 
 // The status page is one self-contained HTML document: its style and its
@@ -47,23 +49,6 @@ func cspHash(s string) string {
 	return "sha256-" + base64.StdEncoding.EncodeToString(sum[:])
 }
 
-// humanBytes writes n bytes in binary units: "1.5 GiB".
-func humanBytes(n int64) string {
-	if n < 0 {
-		return "−" + humanBytes(-max(n, -1<<62))
-	}
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // percent writes a ratio as a percentage with one decimal.
 func percent(r float64) string { return fmt.Sprintf("%.1f%%", r*100) }
 
@@ -76,7 +61,7 @@ func share(part, whole int64) float64 {
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"bytes":   humanBytes,
+	"bytes":   bytesize.Format,
 	"percent": percent,
 	"share":   share,
 	"clock":   func(t time.Time) string { return t.UTC().Format("15:04:05 UTC") },

@@ -17,6 +17,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/evict"
+	"github.com/regproxy/regproxy/internal/bytesize"
 	"github.com/regproxy/regproxy/metrics"
 )
 
@@ -241,7 +242,7 @@ func printJSON(w io.Writer, v any) error {
 func printStats(w io.Writer, s statsOutput) error {
 	fmt.Fprintf(w, "%-10s %9s %11s\n", "", "entries", "size")
 	row := func(name string, k evict.KindStats) {
-		fmt.Fprintf(w, "%-10s %9d %11s\n", name, k.Entries, humanSize(k.Bytes))
+		fmt.Fprintf(w, "%-10s %9d %11s\n", name, k.Entries, bytesize.Format(k.Bytes))
 	}
 	row("blobs", s.Blobs)
 	row("manifests", s.Manifests)
@@ -254,7 +255,7 @@ func printStats(w io.Writer, s statsOutput) error {
 		fmt.Fprintf(w, "last use: oldest %s, newest %s (UTC)\n", s.OldestUse.Format(time.DateTime), s.NewestUse.Format(time.DateTime))
 	}
 	if s.Free != nil {
-		fmt.Fprintf(w, "free space: %s of %s\n", humanSize(*s.Free), humanSize(*s.FilesystemSize))
+		fmt.Fprintf(w, "free space: %s of %s\n", bytesize.Format(*s.Free), bytesize.Format(*s.FilesystemSize))
 	}
 	if s.Server != nil {
 		printServer(w, s.Server)
@@ -279,7 +280,7 @@ func printServer(w io.Writer, s *serverStats) {
 			100*s.HitRatio, s.Hits, s.CacheRequests)
 	}
 	fmt.Fprintf(w, "  bytes saved: %s (%s served, %s fetched upstream)\n",
-		humanSize(max(0, s.SavedBytes)), humanSize(s.ServedBytes), humanSize(s.UpstreamBytes))
+		bytesize.Format(max(0, s.SavedBytes)), bytesize.Format(s.ServedBytes), bytesize.Format(s.UpstreamBytes))
 }
 
 // gcOutput is what cache gc prints.
@@ -336,7 +337,7 @@ func cacheGC(c *cli.Context) error {
 		return printJSON(c.App.Writer, out)
 	}
 	_, err = fmt.Fprintf(c.App.Writer, "evicted %s (%s); the cache holds %s (%s)\n",
-		entries(out.Evicted.Entries), humanSize(out.Evicted.Bytes), entries(out.Cache.Entries), humanSize(out.Cache.Bytes))
+		entries(out.Evicted.Entries), bytesize.Format(out.Evicted.Bytes), entries(out.Cache.Entries), bytesize.Format(out.Cache.Bytes))
 	return err
 }
 

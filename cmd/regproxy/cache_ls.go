@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/internal/bytesize"
 )
 
 // cache ls lists the tags and blobs of the cache. Blobs belong to the
@@ -343,7 +344,7 @@ func printListing(w io.Writer, out lsOutput) error {
 			if t.Expired {
 				expires += " (expired)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, t.Digest, humanSize(t.Size), used, expires)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, t.Digest, bytesize.Format(t.Size), used, expires)
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
@@ -359,11 +360,11 @@ func printListing(w io.Writer, out lsOutput) error {
 			default:
 				repos = "(unreferenced)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Digest, humanSize(b.Size), cacheTime(b.LastUse), repos)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Digest, bytesize.Format(b.Size), cacheTime(b.LastUse), repos)
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
 	}
-	_, err := fmt.Fprintf(w, "%s, %s (%s)\n", plural(len(out.Tags), "tag"), plural(len(out.Blobs), "blob"), humanSize(out.BlobBytes))
+	_, err := fmt.Fprintf(w, "%s, %s (%s)\n", plural(len(out.Tags), "tag"), plural(len(out.Blobs), "blob"), bytesize.Format(out.BlobBytes))
 	return err
 }

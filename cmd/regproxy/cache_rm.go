@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/internal/bytesize"
 )
 
 // cache rm removes what its arguments name: a digest, the blob or manifest
@@ -256,7 +257,7 @@ func printRm(w io.Writer, out rmOutput) error {
 			fmt.Fprintf(w, "removed %s of %s (%s; %s); its blobs and manifests stay, since other repositories may share them (cache gc evicts what nothing uses)\n",
 				plural(len(r.Tags), "tag"), r.Name, strings.Join(r.Tags, ", "), plural(r.Entries, "record"))
 		default:
-			fmt.Fprintf(w, "removed %s %s (%s)\n", r.Kind, r.Name, humanSize(r.Bytes))
+			fmt.Fprintf(w, "removed %s %s (%s)\n", r.Kind, r.Name, bytesize.Format(r.Bytes))
 		}
 	}
 	if tags {

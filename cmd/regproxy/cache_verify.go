@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/internal/bytesize"
 )
 
 // cache verify reads every blob and manifest back and hashes it with the
@@ -291,7 +292,7 @@ func problemLine(p verifyProblem, corrupt bool) string {
 	if p.Store != "" {
 		where = " (" + p.Store + " tier)"
 	}
-	what := fmt.Sprintf("%s %s%s (%s)", kindOfKey(p.Key), p.Digest, where, humanSize(p.Size))
+	what := fmt.Sprintf("%s %s%s (%s)", kindOfKey(p.Key), p.Digest, where, bytesize.Format(p.Size))
 	if !corrupt {
 		return fmt.Sprintf("error: %s: %s", what, p.Error)
 	}
@@ -306,7 +307,7 @@ func problemLine(p verifyProblem, corrupt bool) string {
 }
 
 func printVerify(w io.Writer, out verifyOutput, dryRun bool) error {
-	fmt.Fprintf(w, "verified %s (%s): ", entries(out.Entries), humanSize(out.Bytes))
+	fmt.Fprintf(w, "verified %s (%s): ", entries(out.Entries), bytesize.Format(out.Bytes))
 	switch {
 	case len(out.Corrupt) == 0 && len(out.Errors) == 0:
 		fmt.Fprintln(w, "all intact")
@@ -437,7 +438,7 @@ func (v *verifyProgress) tick(every time.Duration) {
 		case <-t.C:
 			v.mu.Lock()
 			fmt.Fprintf(v.lines, "verified %d of %s, %s of %s\n", v.entries.Load(), entries(v.total),
-				humanSize(v.bytes.Load()), humanSize(v.totalBytes))
+				bytesize.Format(v.bytes.Load()), bytesize.Format(v.totalBytes))
 			v.mu.Unlock()
 		}
 	}

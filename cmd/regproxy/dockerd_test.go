@@ -222,13 +222,19 @@ func (dk *dockerd) docker(ctx context.Context, timeout time.Duration, args ...st
 // returns the pull's output.
 func (dk *dockerd) pull(t *testing.T, s *hubSetup, img hubImage) string {
 	t.Helper()
-	ref := img.Ref(s)
+	return dk.pullRef(t, img.Ref(s), s.up.Host+"/"+img.Repo+"@"+img.Digest, img.Digest)
+}
+
+// pullRef pulls ref, checks that dockerd reports digest and records
+// repoDigest among the image's RepoDigests, and returns the pull's output.
+func (dk *dockerd) pullRef(t *testing.T, ref, repoDigest, digest string) string {
+	t.Helper()
 	out, err := dk.docker(t.Context(), dockerPullTimeout, "pull", ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "Digest: "+img.Digest) {
-		t.Errorf("docker pull %s: no %q line in its output:\n%s", ref, "Digest: "+img.Digest, out)
+	if !strings.Contains(out, "Digest: "+digest) {
+		t.Errorf("docker pull %s: no %q line in its output:\n%s", ref, "Digest: "+digest, out)
 	}
 	js, err := dk.docker(t.Context(), dockerCmdTimeout, "image", "inspect", "--format", "{{json .RepoDigests}}", ref)
 	if err != nil {
@@ -238,8 +244,8 @@ func (dk *dockerd) pull(t *testing.T, s *hubSetup, img hubImage) string {
 	if err := json.Unmarshal([]byte(js), &got); err != nil {
 		t.Fatalf("RepoDigests of %s: %v in %q", ref, err, js)
 	}
-	if want := s.up.Host + "/" + img.Repo + "@" + img.Digest; !slices.Contains(got, want) {
-		t.Errorf("RepoDigests of %s = %q, want %q", ref, got, want)
+	if !slices.Contains(got, repoDigest) {
+		t.Errorf("RepoDigests of %s = %q, want %q", ref, got, repoDigest)
 	}
 	return out
 }

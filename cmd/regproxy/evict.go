@@ -14,6 +14,7 @@ import (
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/evict"
 	"github.com/regproxy/regproxy/cachestore/tiered"
+	"github.com/regproxy/regproxy/internal/bytesize"
 	"github.com/regproxy/regproxy/metrics"
 )
 
@@ -104,7 +105,7 @@ func sizeOrNone(n int64) string {
 	if n <= 0 {
 		return "none"
 	}
-	return humanSize(n)
+	return bytesize.Format(n)
 }
 
 // sizeUnits are the unit suffixes parseSize accepts, lowercase. Single
@@ -147,18 +148,4 @@ func parseMinFree(s string) (bytes int64, percent float64, err error) {
 		return 0, 0, fmt.Errorf("invalid size %q: want e.g. 5%%, 10G or 20GiB", s)
 	}
 	return bytes, 0, nil
-}
-
-// humanSize writes n bytes in binary units: "1.5 GiB".
-func humanSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -52,26 +50,7 @@ func TestDockerdMirrorPull(t *testing.T) {
 // and checks the digest dockerd reports and records.
 func (dk *dockerd) pullHub(t *testing.T, img hubImage) string {
 	t.Helper()
-	ref := img.Repo + ":" + img.Tag
-	out, err := dk.docker(t.Context(), dockerPullTimeout, "pull", ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out, "Digest: "+img.Digest) {
-		t.Errorf("docker pull %s: no %q line in its output:\n%s", ref, "Digest: "+img.Digest, out)
-	}
-	js, err := dk.docker(t.Context(), dockerCmdTimeout, "image", "inspect", "--format", "{{json .RepoDigests}}", ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	if err := json.Unmarshal([]byte(js), &got); err != nil {
-		t.Fatalf("RepoDigests of %s: %v in %q", ref, err, js)
-	}
-	if want := img.Repo + "@" + img.Digest; !slices.Contains(got, want) {
-		t.Errorf("RepoDigests of %s = %q, want %q", ref, got, want)
-	}
-	return out
+	return dk.pullRef(t, img.Repo+":"+img.Tag, img.Repo+"@"+img.Digest, img.Digest)
 }
 
 // removeHub empties dockerd's image store of images, pulled by pullHub.

@@ -12,6 +12,7 @@ import (
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/azure"
 	"github.com/regproxy/regproxy/cachestore/tiered"
+	"github.com/regproxy/regproxy/internal/bytesize"
 )
 
 // storageFlags choose where serve keeps the cache (see openStore).
@@ -120,7 +121,7 @@ func openAzure(c *cli.Context, dataDir string, log *slog.Logger) (storage, error
 		return storage{}, cli.Exit(fmt.Sprintf("local cache in %s: %v", dataDir, err), 1)
 	}
 	ts := tiered.New(local, store, log)
-	log.Info("cache in azure", "azure", cfg.String(), "spool", spool, "disk_cache", dir, "disk_cache_size", humanSize(localSize))
+	log.Info("cache in azure", "azure", cfg.String(), "spool", spool, "disk_cache", dir, "disk_cache_size", bytesize.Format(localSize))
 	return storage{Store: ts, SpoolDir: spool, Close: ts.Close}, nil
 }
 

@@ -14,6 +14,8 @@ import (
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
+
+	"github.com/regproxy/regproxy/internal/bytesize"
 )
 
 // reporter shows warm's progress on stderr: a bar per image in flight on a
@@ -61,13 +63,13 @@ func resultLine(res imageResult) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: warmed %s, %s, %s: %s fetched upstream, %s already cached", res.name,
-		plural(res.manifests, "manifest"), plural(res.blobs, "blob"), humanSize(res.size),
-		humanSize(res.upstream), humanSize(res.cached))
+		plural(res.manifests, "manifest"), plural(res.blobs, "blob"), bytesize.Format(res.size),
+		bytesize.Format(res.upstream), bytesize.Format(res.cached))
 	if shared := res.size - res.upstream - res.cached - res.unreported; shared > 0 {
-		fmt.Fprintf(&b, ", %s downloaded for another image", humanSize(shared))
+		fmt.Fprintf(&b, ", %s downloaded for another image", bytesize.Format(shared))
 	}
 	if res.unreported > 0 {
-		fmt.Fprintf(&b, ", %s not reported (no X-Cache)", humanSize(res.unreported))
+		fmt.Fprintf(&b, ", %s not reported (no X-Cache)", bytesize.Format(res.unreported))
 	}
 	return b.String()
 }
@@ -95,9 +97,9 @@ func warmSummary(w io.Writer, results []imageResult) error {
 	}
 	fmt.Fprintf(w, "warmed %d of %s; downloaded %s, %s: %s fetched upstream, %s already cached",
 		len(results)-len(failed), plural(len(results), "image"), plural(sum.downloaded, "blob"),
-		humanSize(sum.upstream+sum.cached+sum.unreported), humanSize(sum.upstream), humanSize(sum.cached))
+		bytesize.Format(sum.upstream+sum.cached+sum.unreported), bytesize.Format(sum.upstream), bytesize.Format(sum.cached))
 	if sum.unreported > 0 {
-		fmt.Fprintf(w, ", %s not reported (no X-Cache)", humanSize(sum.unreported))
+		fmt.Fprintf(w, ", %s not reported (no X-Cache)", bytesize.Format(sum.unreported))
 	}
 	fmt.Fprintln(w)
 	for _, r := range failed {
@@ -149,7 +151,7 @@ func (l *lineReporter) progress() {
 	for r := range l.live {
 		if n := r.n.Load(); n != r.shown && r.size > 0 {
 			r.shown = n
-			fmt.Fprintf(l.w, "%s: %s of %s\n", r.name, humanSize(n), humanSize(r.size))
+			fmt.Fprintf(l.w, "%s: %s of %s\n", r.name, bytesize.Format(n), bytesize.Format(r.size))
 		}
 	}
 }
@@ -185,7 +187,7 @@ func (r *lineReport) total(res imageResult) {
 	r.l.mu.Lock()
 	r.size = res.size
 	r.l.mu.Unlock()
-	r.l.println(fmt.Sprintf("%s: %s, %s, %s", r.name, plural(res.manifests, "manifest"), plural(res.blobs, "blob"), humanSize(res.size)))
+	r.l.println(fmt.Sprintf("%s: %s, %s, %s", r.name, plural(res.manifests, "manifest"), plural(res.blobs, "blob"), bytesize.Format(res.size)))
 }
 
 func (r *lineReport) add(n int64) { r.n.Add(n) }
