@@ -61,7 +61,7 @@ fuzz:
 		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$pkg || exit 1; \
 	done
 
-# bench runs cmd/regproxy-bench (scenarios a-f, about 5 minutes; BENCHFLAGS
+# bench runs cmd/regproxy-bench (scenarios a-g, g against Azurite, about 8 minutes; BENCHFLAGS
 # adds flags such as -soak 10m, -quick or -run cd), then the Go
 # micro-benchmarks. It needs no root. Without nginx there are no nginx peer
 # rows, and the report says so; make test-deps installs Debian's nginx-light.

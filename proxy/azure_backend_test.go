@@ -7,20 +7,26 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/azure"
+	"github.com/regproxy/regproxy/cachestore/tiered"
 	"github.com/regproxy/regproxy/internal/azuritetest"
 	"github.com/regproxy/regproxy/proxy"
 )
 
-// The pull tests below run once per storage backend: the disk store, and
-// an Azure container of their own in the package's shared Azurite. The
-// Azure cases also check that no blob stays under the data dir.
+// The pull tests below run once per storage backend: the disk store; an
+// Azure container of their own in the package's shared Azurite; and that
+// container behind a local tier (cachestore/tiered), as --storage azure
+// --disk-cache-size serves. The Azure cases also check that no blob stays
+// under the data dir outside the local tier, if any.
 
 // backend is a store the proxy tests run against.
 type backend struct {
@@ -28,14 +34,21 @@ type backend struct {
 	// use points e's proxy at the backend from its next start on; nil
 	// keeps the env's disk store.
 	use func(t *testing.T, e *env)
+	// localTier: the data dir's cache holds blobs (DATA_DIR/cache, the
+	// local tier in front of Azure).
+	localTier bool
 }
 
 var backends = []backend{
-	{"disk", nil},
+	{"disk", nil, false},
 	{"azure", func(t *testing.T, e *env) {
 		az := azuritetest.Shared(t)
 		e.useAzure(az, az.Container())
-	}},
+	}, false},
+	{"azure+local", func(t *testing.T, e *env) {
+		az := azuritetest.Shared(t)
+		e.useTiered(az, az.Container())
+	}, true},
 }
 
 // forEachBackend runs test once per backend, as parallel subtests, each
@@ -56,7 +69,14 @@ func forEachBackend(t *testing.T, test func(t *testing.T, e *env)) {
 			test(t, e)
 			if b.use != nil {
 				e.waitCommitted()
-				e.wantNoLocalBlobs()
+				if b.localTier {
+					e.wantFilesOnlyIn("ca", "cache") // and no spool file
+					if e.localBlobs() == 0 {
+						t.Errorf("the local tier holds no blob")
+					}
+				} else {
+					e.wantNoLocalBlobs()
+				}
 			}
 		})
 	}
@@ -74,6 +94,34 @@ func (e *env) useAzure(az *azuritetest.Azurite, container string) {
 		cfg.Store = newAzureStore(e.t, az, container)
 		cfg.SpoolDir = spool
 	}
+}
+
+// useTiered is useAzure with a local tier in DATA_DIR/cache in front of
+// the container, as regproxy serve --storage azure --disk-cache-size does
+// (unbounded here: eviction is cachestore/evict's, tested there).
+func (e *env) useTiered(az *azuritetest.Azurite, container string) {
+	e.useAzure(az, container)
+	azureOnly := e.configure
+	e.configure = func(cfg *proxy.Config) {
+		local := cfg.Store.(*cachestore.Disk) // the env's, in DATA_DIR/cache
+		azureOnly(cfg)
+		ts := tiered.New(local, cfg.Store, e.logger())
+		e.t.Cleanup(func() { ts.Close() })
+		cfg.Store = ts
+	}
+}
+
+// localBlobs counts the blobs in DATA_DIR/cache: the disk store's, or the
+// local tier's.
+func (e *env) localBlobs() int {
+	n := 0
+	filepath.WalkDir(filepath.Join(e.dataDir, "cache", "blobs"), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			n++
+		}
+		return nil
+	})
+	return n
 }
 
 // newAzureStore returns a store on container, closed when t ends.
@@ -115,13 +163,19 @@ func (e *env) waitCommitted() {
 
 // wantNoLocalBlobs fails if e's data dir holds a file outside the CA: in
 // azure mode, blobs live only in the container.
-func (e *env) wantNoLocalBlobs() {
+func (e *env) wantNoLocalBlobs() { e.wantFilesOnlyIn("ca") }
+
+// wantFilesOnlyIn fails if e's data dir holds a file outside the top-level
+// directories dirs.
+func (e *env) wantFilesOnlyIn(dirs ...string) {
 	e.t.Helper()
 	filepath.WalkDir(e.dataDir, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if rel, _ := filepath.Rel(e.dataDir, path); !d.IsDir() && filepath.Dir(rel) != "ca" {
+		rel, _ := filepath.Rel(e.dataDir, path)
+		top, _, _ := strings.Cut(rel, string(filepath.Separator))
+		if !d.IsDir() && !slices.Contains(dirs, top) {
 			e.t.Errorf("%s is under the data dir", rel)
 		}
 		return nil

@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -43,10 +42,6 @@ type Store struct {
 	where string // the container URL without its query (which may hold a SAS), for errors
 	hc    *http.Client
 	cfg   Config // with defaults applied
-
-	// blocks holds reusable buffers of cfg.BlockSize bytes, so that
-	// writing a large entry does not allocate a buffer per block.
-	blocks sync.Pool
 }
 
 var (
@@ -78,7 +73,6 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("cachestore/azure: %w", short(err))
 	}
 	s := &Store{c: c, where: redactURL(c.URL()), hc: hc, cfg: cfg}
-	s.blocks.New = func() any { b := make([]byte, cfg.BlockSize); return &b }
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	if err := s.check(ctx); err != nil {

@@ -43,11 +43,18 @@ func (s *Store) Open(ctx context.Context, key string) (cachestore.Reader, error)
 // reader reads an entry in at most two requests per sequential pass: a
 // small range first (which is all of most manifests and records), then, if
 // the caller reads on, one download of the rest, read as the caller reads.
-// Each request costs far more than its bytes: against Azurite, a pass in
-// 4 MiB ranges, even three at a time, reached 0.3 to 0.5 times the
-// throughput of one download. One download also needs no buffer of ours,
-// since the kernel's socket buffer reads ahead of the caller. Read and Seek are meant for one goroutine at a time, like an
-// *os.File's; ReadAt may run concurrently with them and itself.
+// One download needs no buffer of ours, since the kernel's socket buffer
+// reads ahead of the caller, and each request costs far more than its
+// bytes. Ranged reads with read-ahead were measured against it on Azurite
+// (2 CPUs, 2026-12-03; BenchmarkRead and the bench's scenario g, see
+// BENCHMARKS.md) and lost or tied: in 4 MiB ranges, 3 requested at once,
+// 0.3 to 0.5 times the throughput of one download; in 16 MiB ranges, 2 at
+// once, 0.85 to 0.95 times with 1 stream and 0.6 to 0.8 with 8; end to
+// end through regproxy, 16 MiB ranges 3 at once and 32 MiB ranges 2 at
+// once 0.94 to 1.05 times (noise), and a read-ahead goroutine filling four
+// 256 KiB buffers 0.84 to 0.88 times. Read and Seek are meant for one
+// goroutine at a time, like an *os.File's; ReadAt may run concurrently
+// with them and itself.
 type reader struct {
 	key       string
 	b         *blob.Client
@@ -183,10 +190,6 @@ func (r *reader) fetchHead() error {
 // connection that breaks mid-body is resumed where it stopped, as long as
 // the entry is the one opened.
 func (r *reader) openStream() error {
-	if zzChunk > 0 {
-		r.openChunks()
-		return nil
-	}
 	resp, err := r.b.DownloadStream(r.ctx, &blob.DownloadStreamOptions{
 		Range:            blob.HTTPRange{Offset: r.pos, Count: r.size - r.pos},
 		AccessConditions: r.ifMatch(),

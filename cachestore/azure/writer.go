@@ -52,6 +52,7 @@ func (s *Store) Create(ctx context.Context, key string, opts cachestore.Options)
 	w := &writer{
 		s: s, key: key, bb: s.c.NewBlockBlobClient(key), kind: opts.Kind, content: opts.Kind == cachestore.Content,
 		mediaType: opts.MediaType, h: digest.SHA256.Hash(), sem: make(chan struct{}, s.cfg.BlocksInFlight),
+		free: make(chan *[]byte, s.cfg.BlocksInFlight),
 	}
 	// Block IDs are unique to this writer: writers of one key stage into
 	// the same blob, and a shared ID would let one overwrite another's block.
@@ -75,7 +76,7 @@ type writer struct {
 	nonce     [8]byte
 	h         hash.Hash // sha256 of the bytes written
 
-	cur    *[]byte  // the block being filled, from s.blocks, with a token of sem; nil when none is
+	cur    *[]byte  // the block being filled, with a token of sem; nil when none is
 	curLen int      // bytes in cur
 	ids    []string // IDs of the blocks staged so far, in order
 	done   bool     // committed or canceled
@@ -84,6 +85,7 @@ type writer struct {
 	ctx    context.Context // of the uploads; canceled when the writer is done or one fails
 	cancel context.CancelFunc
 	sem    chan struct{} // one token per block in memory: cur, an upload in flight, or taken by drain
+	free   chan *[]byte  // blocks whose upload is done, for newBlock to reuse
 	held   int           // tokens drain took to wait for uploads; cap(sem) means none runs or will
 
 	mu  sync.Mutex // guards err
@@ -144,14 +146,19 @@ func (w *writer) newBlock() error {
 		}
 		return fmt.Errorf("cachestore/azure: write %s: %w", w.key, w.ctx.Err())
 	}
-	w.cur, w.curLen = w.s.blocks.Get().(*[]byte), 0
+	select {
+	case w.cur = <-w.free:
+	default:
+		b := make([]byte, w.s.cfg.BlockSize) // a writer's blocks are reused by it alone (see release)
+		w.cur = &b
+	}
+	w.curLen = 0
 	return nil
 }
 
-// dropBlock returns cur, if any, and its token.
+// dropBlock drops cur, if any, and returns its token.
 func (w *writer) dropBlock() {
 	if w.cur != nil {
-		w.s.blocks.Put(w.cur)
 		w.cur, w.curLen = nil, 0
 		<-w.sem
 	}
@@ -169,8 +176,10 @@ func (w *writer) stage() error {
 	id := w.blockID(i)
 	w.ids = append(w.ids, id)
 	go func() {
-		defer func() { <-w.sem }()
-		defer w.s.blocks.Put(buf)
+		defer func() {
+			w.free <- buf // before the token: whoever takes it finds the block
+			<-w.sem
+		}()
 		body := streaming.NopCloser(bytes.NewReader((*buf)[:n]))
 		if _, err := w.bb.StageBlock(w.ctx, id, body, nil); err != nil {
 			w.fail(fmt.Errorf("cachestore/azure: stage block %d of %s: %w", i, w.key, short(err)))
@@ -220,13 +229,19 @@ func (w *writer) drain(ctx context.Context) error {
 }
 
 // release ends the writer: it stops and waits for the uploads (which end
-// quickly once canceled) and returns the current block to the pool.
+// quickly once canceled) and lets go of its blocks. They are not pooled
+// for other writers: a pool keeps idle blocks live through a garbage
+// collection, which then sets the next heap goal twice as high, and a
+// block's allocation costs nothing next to its upload.
 func (w *writer) release() {
 	w.cancel()
 	w.dropBlock()
 	for w.held < cap(w.sem) {
 		w.sem <- struct{}{}
 		w.held++
+	}
+	for len(w.free) > 0 {
+		<-w.free // the caller may keep the writer: its blocks go now
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,5 +352,78 @@ func TestCommitOverUncommittedBlocks(t *testing.T) {
 		t.Fatalf("Commit of the wrong bytes = %v, want ErrDigestMismatch", err)
 	}
 	put(t, s, key, b)
+	wantData(t, s, key, b)
+}
+
+// stalled holds every block upload (PUT ?comp=block) of a store until
+// release is closed, and counts them.
+type stalled struct {
+	inner   http.RoundTripper
+	release chan struct{}
+	stages  atomic.Int64
+}
+
+func (s *stalled) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && r.URL.Query().Get("comp") == "block" {
+		s.stages.Add(1)
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	return s.inner.RoundTrip(r)
+}
+
+func (s *stalled) CloseIdleConnections() {
+	s.inner.(interface{ CloseIdleConnections() }).CloseIdleConnections()
+}
+
+// TestWriterMemoryBound checks that a writer holds at most BlocksInFlight
+// blocks, the one it fills included: while the uploads are stalled, Write
+// takes BlocksInFlight blocks' worth of bytes and waits for the rest; once
+// they go on, the entry is whole.
+func TestWriterMemoryBound(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	s := newStore(t, cfg)
+	st := &stalled{inner: s.hc.Transport, release: make(chan struct{})}
+	s.hc.Transport = st
+	b := data(7, 5*cfg.BlockSize+10)
+	key := cachestore.BlobKey(digest.FromBytes(b))
+	w, err := s.Create(t.Context(), key, content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Cancel()
+	var written atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for off := 0; off < len(b) && err == nil; off += 1 << 10 { // a divisor of the block size
+			var n int
+			n, err = w.Write(b[off:min(off+1<<10, len(b))])
+			written.Add(int64(n))
+		}
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for st.stages.Load() < int64(cfg.BlocksInFlight) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // Write would go on now, if it could
+	if n, want := written.Load(), int64(cfg.BlocksInFlight*cfg.BlockSize); n != want {
+		t.Errorf("with the uploads stalled, Write took %d bytes; want %d (%d blocks)", n, want, cfg.BlocksInFlight)
+	}
+	if n := st.stages.Load(); n != int64(cfg.BlocksInFlight) {
+		t.Errorf("%d uploads started; want %d", n, cfg.BlocksInFlight)
+	}
+	close(st.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(t.Context(), digest.FromBytes(b)); err != nil {
+		t.Fatal(err)
+	}
 	wantData(t, s, key, b)
 }

@@ -15,7 +15,8 @@ import (
 // row is reported, that each storm fetched its blob upstream once, and that
 // the soak's clients got no wrong byte; the performance targets themselves
 // are for full runs on a known machine. Where nginx is installed (make
-// test-deps installs it), its peer rows must be there too.
+// test-deps installs it), its peer rows must be there too. Scenario g's
+// Azurite is a test dependency like the others: without it the test fails.
 func TestQuickRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -63,6 +64,18 @@ func TestQuickRun(t *testing.T) {
 		"f. Soak: regproxy RSS (VmRSS)",
 		"f. Soak: regproxy threads",
 		"f. Soak: regproxy open files",
+		"g. Azure backend (`--storage azure`, no local tier) against Azurite",
+		"g. Azure cold fill, fresh 32 MiB blob, upstream unthrottled, 1 client: blob committed in Azure after the last upstream byte",
+		"g. Azure cold fill, upstream unthrottled: regproxy's fill rate (median), against Azurite's own ingest rate",
+		"g. Azure cold fill, fresh 32 MiB blob, upstream at 40 MB/s, 1 client: blob committed in Azure after the last upstream byte",
+		"g. Azure warm hit, 32 MiB blob in Azurite, 1 stream(s): throughput",
+		"g. Azure warm hit, 1 stream(s): CPU time per GiB read: Azurite / regproxy / the bench's clients",
+		"g. Azure warm hit, 32 MiB blob in Azurite, 8 stream(s): throughput",
+		"g. Azure warm hit, 8 stream(s): CPU time per GiB read",
+		"g. Azure warm hits: upstream blob fetches during them",
+		"g. Peak RSS (VmHWM) of a fresh regproxy --storage azure after 32 clients pull one cold 32 MiB blob",
+		"g. That storm: upstream blob fetches",
+		"g. That storm: total time per client, median / max; blob committed in Azure",
 	}
 	if bin, _ := findNginx(""); bin != "" {
 		want = append(want,
@@ -88,6 +101,8 @@ func TestQuickRun(t *testing.T) {
 		"f. Soak: wrong bytes":                          "0",
 		"f. Soak: bodies that ended early yet looked":   "0",
 		"c. Verifying storm: upstream blob fetches by ": "0",
+		"g. Azure warm hits: upstream blob fetches":     "0",
+		"g. That storm: upstream blob fetches":          "1",
 	} {
 		if got := cell(report, metric, 2); got != want && !(got == "" && strings.Contains(metric, "nginx")) {
 			t.Errorf("row %q: regproxy value %q, want %s", metric, got, want)
@@ -95,6 +110,9 @@ func TestQuickRun(t *testing.T) {
 	}
 	if got := cell(report, "f. Soak, 50 clients", 2); strings.HasPrefix(got, "0 ") {
 		t.Errorf("the soak made no request: %q", got)
+	}
+	if got := cell(report, "g. Azure backend", 2); !strings.HasPrefix(got, "Azurite ") {
+		t.Errorf("scenario g did not run against Azurite: %q", got)
 	}
 }
 

@@ -8,12 +8,14 @@
 // root. The scenarios (scenarios.go, storm.go, soak*.go) are warm-hit
 // throughput against a plain Go TLS file server, cold-pull overhead against
 // the upstream itself, a 32-client cold storm on a throttled upstream,
-// tag-manifest hit latency, regproxy's peak RSS after a large storm, and a
+// tag-manifest hit latency, regproxy's peak RSS after a large storm, a
 // soak: hundreds of clients mixing every kind of request for minutes while
-// the upstream fails at random. Where nginx is installed, it runs as a peer
-// (nginx.go): a proxy_cache configured as rpardini/docker-registry-proxy
-// configures it, measured in the same run for warm hits, the storm and tag
-// hits.
+// the upstream fails at random, and --storage azure against Azurite
+// (azure.go): warm hits from Azure against the azblob SDK reading the same
+// blob, how soon a fill is committed in Azure, and peak RSS. Where nginx is
+// installed, it runs as a peer (nginx.go): a proxy_cache configured as
+// rpardini/docker-registry-proxy configures it, measured in the same run for
+// warm hits, the storm and tag hits.
 //
 // Usage:
 //
@@ -21,7 +23,9 @@
 //
 // Progress goes to stderr, the table to stdout (and to FILE with -out).
 // With REGPROXY_BENCH_PERF=DIR set, each scenario also records a perf(1)
-// CPU profile of regproxy into DIR (profile.go).
+// CPU profile of regproxy into DIR (profile.go). Scenario g needs
+// azurite-blob from scripts/install-test-deps.sh (.cache/azurite); without it
+// its row says so, as the nginx rows do without nginx.
 package main
 
 import (
@@ -63,6 +67,11 @@ type config struct {
 	soakWarmMax     int64         // f: the largest of them (the smallest is 256 KiB)
 	soakFreshBudget int64         // f: total size of fresh blobs; misses past it become hits
 
+	azureSize    int64 // g: the blob of the Azure fills and warm hits
+	azureFills   int   // g: cold fills timed
+	azureRuns    int   // g: timed warm-hit runs per side and stream count
+	azureRSSSize int64 // g: the cold blob of the Azure RSS storm (of rssClients)
+
 	nginx string // -nginx: "" to look for nginx, "off", or its path
 }
 
@@ -77,6 +86,7 @@ func fullConfig() config {
 		manifestGets: 2000,
 		rssSize:      512 * mib, rssClients: 32,
 		soak: 3 * time.Minute, soakClients: 200, soakWarmBlobs: 16, soakWarmMax: 8 * mib, soakFreshBudget: 4 << 30,
+		azureSize: 256 * mib, azureFills: 3, azureRuns: 5, azureRSSSize: 512 * mib,
 	}
 }
 
@@ -90,6 +100,7 @@ func quickConfig() config {
 		manifestGets: 200,
 		rssSize:      32 * mib, rssClients: 32,
 		soak: 10 * time.Second, soakClients: 50, soakWarmBlobs: 8, soakWarmMax: 4 * mib, soakFreshBudget: 512 * mib,
+		azureSize: 32 * mib, azureFills: 2, azureRuns: 3, azureRSSSize: 32 * mib,
 	}
 }
 
@@ -107,7 +118,7 @@ const totalTimeout = 15 * time.Minute
 func main() {
 	quick := flag.Bool("quick", false, "smoke run: 32 MiB blobs, 200 manifest requests, a 10 s soak of 50 clients")
 	out := flag.String("out", "", "also write the report to this file")
-	only := flag.String("run", "", "run only these scenarios, by letter (e.g. \"cd\"); default all of abcdef")
+	only := flag.String("run", "", "run only these scenarios, by letter (e.g. \"cd\"); default all of abcdefg")
 	soak := flag.Duration("soak", 0, "how long scenario f's clients run (default 3m, or 10s with -quick)")
 	soakClients := flag.Int("soak-clients", 0, "scenario f's concurrent clients (default 200, or 50 with -quick)")
 	ngx := flag.String("nginx", "", "the nginx binary of the peer, or off; default: nginx on PATH or in /usr/sbin")

@@ -180,8 +180,9 @@ type regproxy struct {
 // rpOptions are the flags that differ between the regproxy processes the
 // bench starts.
 type rpOptions struct {
-	logLevel    string // --log-level
-	manifestTTL string // --manifest-ttl
+	logLevel    string   // --log-level
+	manifestTTL string   // --manifest-ttl
+	extra       []string // more flags, e.g. --storage azure and its own
 }
 
 // defaultRP is the regproxy of scenarios a–e: the access log on, as by
@@ -201,9 +202,10 @@ func startRegproxy(ctx context.Context, bin, dir string, up *upstream, upstreamC
 		if err != nil {
 			return nil, err
 		}
-		p, err := startProc("regproxy", data+".log", bin, "serve", "--listen", addr, "--data-dir", data,
-			"--log-level", opts.logLevel, "--registries", upstreamHost, "--resolve", up.host()+"="+up.addr(),
-			"--upstream-ca", upstreamCA, "--manifest-ttl", opts.manifestTTL)
+		args := append([]string{"serve", "--listen", addr, "--data-dir", data,
+			"--log-level", opts.logLevel, "--registries", upstreamHost, "--resolve", up.host() + "=" + up.addr(),
+			"--upstream-ca", upstreamCA, "--manifest-ttl", opts.manifestTTL}, opts.extra...)
+		p, err := startProc("regproxy", data+".log", bin, args...)
 		if err != nil {
 			return nil, err
 		}

@@ -149,7 +149,8 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"c. cold storm", b.coldStorm, "c-cold-storm"},
 		{"d. tag manifest hits", b.manifestHits, "d-manifest-hits"},
 		{"e. peak RSS", b.peakRSS, ""},
-		{"f. soak", b.soakRun, ""}, // profiles its own fresh process
+		{"f. soak", b.soakRun, ""},        // profiles its own fresh process
+		{"g. Azure backend", b.azure, ""}, // runs regproxy processes of its own
 	} {
 		if !b.runs(s.name[:1]) {
 			continue

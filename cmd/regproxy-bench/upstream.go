@@ -57,6 +57,10 @@ type blob struct {
 	path   string
 	rate   int64        // bytes/s per response; 0 means unthrottled
 	gets   atomic.Int64 // GETs of this blob that reached the upstream
+	// lastSent is when the upstream last finished sending the blob's
+	// bytes to a GET (Unix nanoseconds; 0 before the first), flushed to
+	// the connection: the last upstream byte of a fill (scenario g).
+	lastSent atomic.Int64
 }
 
 // startUpstream serves on 127.0.0.1 with the pki's certificate until close.
@@ -153,6 +157,10 @@ func (u *upstream) serveBlob(w http.ResponseWriter, r *http.Request, digest stri
 	}
 	if plan.cutAt <= 0 {
 		http.ServeContent(w, r, "", time.Time{}, f)
+		if r.Method == http.MethodGet {
+			http.NewResponseController(w).Flush()
+			b.lastSent.Store(time.Now().UnixNano())
+		}
 		return
 	}
 	cw := &cutWriter{ResponseWriter: w, left: int64(plan.cutAt * float64(b.size))}
