@@ -19,6 +19,7 @@ import (
 
 	"github.com/regproxy/regproxy/cachestore"
 	"github.com/regproxy/regproxy/cachestore/evict"
+	"github.com/regproxy/regproxy/cachestore/evict/evicttest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -439,7 +440,7 @@ func TestEvictUnusedSince(t *testing.T) {
 // start: the walk of the directories, a stat per file, and the merge.
 func BenchmarkLoad(b *testing.B) {
 	root := b.TempDir()
-	Populate(b, root, 100_000)
+	evicttest.Populate(b, root, 100_000)
 	b.ResetTimer()
 	for b.Loop() {
 		ix := evict.New(newDisk(b, root), evict.Config{Logger: slog.New(slog.DiscardHandler)})

@@ -25,6 +25,12 @@ type Result struct {
 	Bytes   int64 `json:"bytes"`
 }
 
+// Add counts what o removed in r as well.
+func (r *Result) Add(o Result) {
+	r.Entries += o.Entries
+	r.Bytes += o.Bytes
+}
+
 // victim is an entry chosen for eviction, as it was when chosen.
 type victim struct {
 	e   *entry
@@ -129,8 +135,7 @@ func (ix *Index) evict(ctx context.Context, need func() (int64, string)) Result 
 			break
 		}
 		batch := ix.removeAll(ctx, victims)
-		res.Entries += batch.Entries
-		res.Bytes += batch.Bytes
+		res.Add(batch)
 		if batch.Entries == 0 {
 			break // each was committed again, or could not be removed: look later
 		}

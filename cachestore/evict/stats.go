@@ -80,35 +80,29 @@ func (ix *Index) Trim(ctx context.Context, size int64) Result {
 // first.
 func (ix *Index) EvictUnusedSince(ctx context.Context, t time.Time) Result {
 	var res Result
-	add := func(r Result) {
-		res.Entries += r.Entries
-		res.Bytes += r.Bytes
-	}
-	const all = int64(1) << 62
-	for ctx.Err() == nil {
-		vs := ix.oldest(0, all, t, nil)
-		if len(vs) == 0 {
-			break
-		}
-		if r := ix.removeAll(ctx, vs); r.Entries == 0 {
-			break
-		} else {
-			add(r)
-		}
-	}
+	res.Add(ix.removeUnusedSince(ctx, 0, t, nil))
 	ix.readTags(ctx)
-	add(ix.removeAll(ctx, ix.unusedTags(t)))
-	refs := ix.references(ctx)
+	res.Add(ix.removeAll(ctx, ix.unusedTags(t)))
+	res.Add(ix.removeUnusedSince(ctx, 1, t, ix.references(ctx)))
+	return res
+}
+
+// removeUnusedSince removes the entries of LRU list l (0: blobs, 1:
+// manifest bodies, skipping those in refs) last used before t, oldest
+// first, until none is left or a round removes nothing.
+func (ix *Index) removeUnusedSince(ctx context.Context, l int, t time.Time, refs map[string]bool) Result {
+	const all = int64(1) << 62
+	var res Result
 	for ctx.Err() == nil {
-		vs := ix.oldest(1, all, t, refs)
+		vs := ix.oldest(l, all, t, refs)
 		if len(vs) == 0 {
 			break
 		}
-		if r := ix.removeAll(ctx, vs); r.Entries == 0 {
+		r := ix.removeAll(ctx, vs)
+		if r.Entries == 0 {
 			break
-		} else {
-			add(r)
 		}
+		res.Add(r)
 	}
 	return res
 }

@@ -327,9 +327,7 @@ func cacheGC(c *cli.Context) error {
 		out.Evicted = ix.EvictUnusedSince(c.Context, cacheNow().Add(-olderThan))
 	}
 	if maxSize >= 0 {
-		r := ix.Trim(c.Context, maxSize)
-		out.Evicted.Entries += r.Entries
-		out.Evicted.Bytes += r.Bytes
+		out.Evicted.Add(ix.Trim(c.Context, maxSize))
 	}
 	st := ix.Stats()
 	out.Cache = evict.KindStats{Entries: st.Entries, Bytes: st.Bytes}

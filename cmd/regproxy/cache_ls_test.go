@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regproxy/regproxy/cachestore"
+	"github.com/regproxy/regproxy/cachestore/evict/evicttest"
 )
 
 // TestCacheLs lists the image cache, whole, filtered and sorted, for
@@ -189,7 +190,7 @@ func TestCacheLsUsageErrors(t *testing.T) {
 // of any blob.
 func BenchmarkCacheLs100k(b *testing.B) {
 	dataDir := b.TempDir()
-	populate(b, filepath.Join(dataDir, "cache"), 100_000)
+	evicttest.Populate(b, filepath.Join(dataDir, "cache"), 100_000)
 	for b.Loop() {
 		if code := run([]string{"regproxy", "cache", "ls", "--json", "--data-dir", dataDir}, io.Discard, io.Discard); code != 0 {
 			b.Fatalf("cache ls: exit %d", code)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opencontainers/go-digest"
+	"github.com/regproxy/regproxy/cachestore/evict/evicttest"
 )
 
 // TestServeReportsCacheMetrics runs serve on a cache it did not fill: the
@@ -47,7 +46,7 @@ func TestServeReportsCacheMetrics(t *testing.T) {
 // process's start.
 func BenchmarkServeStartWith100kEntries(b *testing.B) {
 	dataDir := b.TempDir()
-	populate(b, filepath.Join(dataDir, "cache"), 100_000)
+	evicttest.Populate(b, filepath.Join(dataDir, "cache"), 100_000)
 	var port, index time.Duration
 	for b.Loop() {
 		p, i := startTimed(b, dataDir)
@@ -96,26 +95,4 @@ func startTimed(b *testing.B, dataDir string) (port, index time.Duration) {
 		time.Sleep(time.Millisecond)
 	}
 	return port, index
-}
-
-// populate writes n small blobs into a disk store's layout under root
-// directly, with last uses spread over a year: committing them through the
-// store would sync each one, and take minutes.
-func populate(b *testing.B, root string, n int) {
-	year := time.Now().Add(-365 * 24 * time.Hour)
-	for i := range n {
-		data := fmt.Appendf(nil, "entry %d", i)
-		enc := digest.FromBytes(data).Encoded()
-		dir := filepath.Join(root, "blobs", "sha256", enc[:2])
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			b.Fatal(err)
-		}
-		p := filepath.Join(dir, enc)
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			b.Fatal(err)
-		}
-		if err := os.Chtimes(p, time.Time{}, year.Add(time.Duration(i*7919%n)*time.Minute)); err != nil {
-			b.Fatal(err)
-		}
-	}
 }

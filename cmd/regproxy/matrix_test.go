@@ -54,16 +54,7 @@ func newHubSetup(t *testing.T, extraFlags ...string) *hubSetup {
 func newHubSetupWith(t *testing.T, configure func(*testing.T, *testupstream.Upstream) hubDaemonConfig) *hubSetup {
 	t.Helper()
 	up := testupstream.Start(t, testupstream.WithHub())
-	s := &hubSetup{up: up}
-	s.Image = pushImage(t, up, "public/app", "v1")
-	s.PrivateImage = pushImage(t, up, "private/app", "v1")
-	idx := up.MultiArchIndex(t)
-	up.PushIndex(t, "public/multi", "v1", idx)
-	d, err := idx.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Index = hubImage{Repo: "public/multi", Tag: "v1", Digest: d.String()}
+	s := pushHubImages(t, up)
 
 	args := []string{"--registries", "registry.test auth.test cdn.test", "--upstream-ca", up.CAFile}
 	for _, r := range up.Resolves() {
@@ -256,4 +247,21 @@ func (s *hubSetup) AssertMissFailedDuringOutage(t *testing.T, o outage, what str
 			t.Errorf("%s: %s %s:%s was answered %s %d, want a 5xx", what, e.Method, img.Repo, img.Tag, e.Outcome, e.Status)
 		}
 	}
+}
+
+// pushHubImages pushes the images every client test pulls to up: a public
+// image, a private one and a public multi-arch index.
+func pushHubImages(t *testing.T, up *testupstream.Upstream) *hubSetup {
+	t.Helper()
+	s := &hubSetup{up: up}
+	s.Image = pushImage(t, up, "public/app", "v1")
+	s.PrivateImage = pushImage(t, up, "private/app", "v1")
+	idx := up.MultiArchIndex(t)
+	up.PushIndex(t, "public/multi", "v1", idx)
+	d, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Index = hubImage{Repo: "public/multi", Tag: "v1", Digest: d.String()}
+	return s
 }

@@ -32,16 +32,7 @@ type mirrorSetup struct {
 func newMirrorSetup(t *testing.T, registryName string, extraFlags ...string) *mirrorSetup {
 	t.Helper()
 	up := testupstream.Start(t, testupstream.WithHub(), testupstream.WithHostName(registryName))
-	s := &hubSetup{up: up}
-	s.Image = pushImage(t, up, "public/app", "v1")
-	s.PrivateImage = pushImage(t, up, "private/app", "v1")
-	idx := up.MultiArchIndex(t)
-	up.PushIndex(t, "public/multi", "v1", idx)
-	d, err := idx.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Index = hubImage{Repo: "public/multi", Tag: "v1", Digest: d.String()}
+	s := pushHubImages(t, up)
 
 	registries := registryName + " auth.test cdn.test"
 	if registryName == "registry-1.docker.io" {

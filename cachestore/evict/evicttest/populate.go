@@ -1,4 +1,5 @@
-package evict_test
+// Package evicttest helps tests and benchmarks fill a disk cache fast.
+package evicttest
 
 import (
 	"fmt"
