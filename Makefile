@@ -44,6 +44,7 @@ FUZZ := \
 	./proxy:FuzzAnchoredTag \
 	./proxy:FuzzDescribeRepoPath \
 	./proxy:FuzzParseMirror \
+	./proxy:FuzzParseFastRequest \
 	./upstreamauth:FuzzParseFlag \
 	./upstreamauth:FuzzParseAuthRegistries \
 	./upstreamauth:FuzzLoadDockerConfig \

@@ -115,10 +115,11 @@ func (p *Proxy) tunnelAction(target string, ctx *goproxy.ProxyCtx) (*goproxy.Con
 	}}, target
 }
 
-// intercept answers the CONNECT and hands the connection, wrapped in TLS
-// with a leaf for host, to the registry server. This is the registry
-// server's only source of connections, and handleConnect calls it only
-// for a client it let in (user, under --htpasswd).
+// intercept answers the CONNECT, wraps the connection in TLS with a leaf
+// for host, serves its manifest requests on the fast path (fastpath.go),
+// and hands it to the registry server at its first other request. This is
+// the registry server's only source of connections, and handleConnect
+// calls it only for a client it let in (user, under --htpasswd).
 //
 // goproxy's ConnectHijack drops bytes a client sent together with its
 // CONNECT; Go clients and curl wait for the 200 first, so none are lost.
@@ -127,10 +128,23 @@ func (p *Proxy) intercept(client net.Conn, target, host, user string) {
 		client.Close()
 		return
 	}
-	conn := tls.Server(&targetConn{Conn: client, target: target, host: host, user: user}, p.tlsConfig)
-	if err := p.mitm.deliver(conn); err != nil {
+	// Raw system calls on the client's socket: see quietconn_linux.go.
+	tc := &targetConn{Conn: newQuietConn(client), target: target, host: host, user: user}
+	conn := tls.Server(tc, p.tlsConfig)
+	if err := p.mitm.handshake(conn); err != nil {
 		p.log.Debug("intercepted connection dropped before its first request", "target", target, "err", err)
 		conn.Close()
+		return
+	}
+	rest := net.Conn(conn)
+	if !p.noFastPath {
+		if rest = p.serveFast(conn, tc); rest == nil {
+			return
+		}
+	}
+	if err := p.mitm.deliver(rest); err != nil {
+		p.log.Debug("intercepted connection dropped", "target", target, "err", err)
+		rest.Close()
 	}
 }
 
@@ -176,14 +190,24 @@ func (p *Proxy) newMITMServer() *http.Server {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if ra, ok := c.(*readAheadConn); ok {
+				c = ra.Conn
+			}
 			if tc, ok := c.(*tls.Conn); ok {
 				if t, ok := tc.NetConn().(*targetConn); ok {
-					return withCredCache(withUser(context.WithValue(ctx, targetKey{}, t.target), t.user))
+					return connValues(ctx, t)
 				}
 			}
 			return ctx
 		},
 	}
+}
+
+// connValues adds what requests on an intercepted connection need to know
+// of it to ctx: its target, its user, its credential cache and its tag
+// memo.
+func connValues(ctx context.Context, t *targetConn) context.Context {
+	return withTagMemo(withCredCache(withUser(context.WithValue(ctx, targetKey{}, t.target), t.user)))
 }
 
 // targetOf returns the CONNECT target of an intercepted request.
@@ -207,21 +231,26 @@ func newConnListener() *connListener {
 	return &connListener{conns: make(chan net.Conn), ctx: ctx, cancel: cancel}
 }
 
-// deliver completes c's TLS handshake and then hands c to Accept. It fails
-// once the listener is closed, and after readHeaderTimeout, the bound the
-// registry server would put on the handshake.
+// handshake completes c's TLS handshake. It fails once the listener is
+// closed, and after readHeaderTimeout, the bound the registry server would
+// put on the handshake.
 //
-// The handshake runs here, in the CONNECT's goroutine, which no server
-// tracks once goproxy hijacked the connection, and not in the registry
-// server: there a client that never finished its handshake would count as
-// a new connection, which http.Server.Shutdown waits five seconds for.
-// Closing the listener interrupts the handshake instead.
-func (l *connListener) deliver(c *tls.Conn) error {
+// The handshake runs in the CONNECT's goroutine, which no server tracks
+// once goproxy hijacked the connection, and not in the registry server:
+// there a client that never finished its handshake would count as a new
+// connection, which http.Server.Shutdown waits five seconds for. Closing
+// the listener interrupts the handshake instead.
+func (l *connListener) handshake(c *tls.Conn) error {
 	ctx, cancel := context.WithTimeout(l.ctx, readHeaderTimeout)
 	defer cancel()
-	if err := c.HandshakeContext(ctx); err != nil {
-		return err
-	}
+	return c.HandshakeContext(ctx)
+}
+
+// deliver hands c to Accept. It fails once the listener is closed, and
+// after readHeaderTimeout.
+func (l *connListener) deliver(c net.Conn) error {
+	ctx, cancel := context.WithTimeout(l.ctx, readHeaderTimeout)
+	defer cancel()
 	select {
 	case l.conns <- c:
 		return nil

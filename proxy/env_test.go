@@ -79,6 +79,11 @@ type env struct {
 	// (see startMirror); start reads it.
 	mirror    bool
 	mirrorURL string
+	// adjust, when set, is called with the proxy after New, before it
+	// serves; start reads it.
+	adjust func(*proxy.Proxy)
+	// proxy is the running proxy.
+	proxy *proxy.Proxy
 }
 
 func newEnv(t testing.TB, opts ...testupstream.Option) *env {
@@ -124,6 +129,10 @@ func (e *env) start(extraResolve ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if e.adjust != nil {
+		e.adjust(p)
+	}
+	e.proxy = p
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

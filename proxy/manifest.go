@@ -60,8 +60,8 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rp regPath
 // which Docker Hub does not count against its pull limit, unless this is
 // a GET with no record at all.
 func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, rp regPath) error {
-	q := tagQueryOf(r, rp)
-	rec, m, err := p.manifests.loadTag(r.Context(), q.key())
+	q, key := tagQueryAndKey(r, rp)
+	rec, m, err := p.manifests.loadTag(r.Context(), key)
 	if err != nil {
 		p.logCacheError(err, rp)
 		m = nil
@@ -378,10 +378,37 @@ func writeManifest(w http.ResponseWriter, r *http.Request, m *cachedManifest) {
 	h["Docker-Content-Digest"] = v[1:2:2]
 	h["Etag"] = v[2:3:3]
 	h["Docker-Distribution-Api-Version"] = v[3:4:4]
+	if !conditional(r.Header) {
+		// What ServeContent answers to a request without conditions or a
+		// range, without its parsing of the headers that are not there.
+		h["Accept-Ranges"] = acceptRangesBytes
+		h["Content-Length"] = []string{strconv.Itoa(len(m.Body))}
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			w.Write(m.Body)
+		}
+		http.NewResponseController(w).Flush()
+		return
+	}
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(m.Body))
 	if h.Get("Content-Length") != "" {
 		http.NewResponseController(w).Flush()
 	}
+}
+
+// acceptRangesBytes is the Accept-Ranges header of every manifest
+// response. (A handler does not modify header values once set.)
+var acceptRangesBytes = []string{"bytes"}
+
+// conditional reports whether h holds a header that ServeContent acts on
+// besides the method: a range or a precondition.
+func conditional(h http.Header) bool {
+	for _, k := range [...]string{"Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range"} {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // isSchema1 recognises Docker image manifest schema 1, whose signed form

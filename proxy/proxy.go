@@ -137,6 +137,10 @@ type Proxy struct {
 	front     *http.Server  // serves the proxy port: CONNECT and plain pages
 	mirror    *mirror       // the registry-mirror front end (ServeMirror)
 	tlsConfig *tls.Config   // shared by interceptions, for session resumption
+	fast      fastConns     // intercepted connections on the fast path (fastpath.go)
+	// noFastPath hands every intercepted connection to mitmSrv at once:
+	// tests compare the fast path's responses with net/http's.
+	noFastPath bool
 
 	grace    time.Duration // of the Shutdown Serve starts
 	handlers inflight      // handlers of both servers, which Server.Close does not wait for

@@ -86,7 +86,7 @@ func (p *Proxy) Close() error {
 // shutdown runs Shutdown's steps once.
 func (p *Proxy) shutdown(ctx context.Context) error {
 	close(p.stopping)
-	var front, mitm, mirror error
+	var front, mitm, mirror, fast error
 	var drain sync.WaitGroup
 	// Each Shutdown closes its listener first: front's stops CONNECTs and
 	// cuts the tunnels (RegisterOnShutdown), mitmSrv's (p.mitm) cuts the
@@ -94,11 +94,12 @@ func (p *Proxy) shutdown(ctx context.Context) error {
 	drain.Go(func() { front = p.front.Shutdown(ctx) })
 	drain.Go(func() { mitm = p.mitmSrv.Shutdown(ctx) })
 	drain.Go(func() { mirror = p.mirror.srv.Shutdown(ctx) })
+	drain.Go(func() { fast = p.fast.shutdown(ctx) })
 	drain.Wait()
 	p.mitm.Close() // in case mitmSrv never served
 	// Besides ctx's end, Server.Shutdown reports only a failed Close of
 	// its listener, after which nothing is left to wait for anyway.
-	err := cmp.Or(front, mitm, mirror)
+	err := cmp.Or(front, mitm, mirror, fast)
 	if err != nil {
 		p.log.Warn("shutdown grace ended: cutting requests still in flight",
 			"requests", p.handlers.running(), "err", err)

@@ -69,7 +69,7 @@ func tagHitFixture(b *testing.B, auth string) (http.Handler, *http.Request) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { p.Close() })
-	ctx := withCredCache(context.WithValue(context.Background(), targetKey{}, up.Host))
+	ctx := withTagMemo(withCredCache(context.WithValue(context.Background(), targetKey{}, up.Host)))
 	r, err := http.NewRequestWithContext(ctx, http.MethodGet, "/v2/r/manifests/latest", nil)
 	if err != nil {
 		b.Fatal(err)

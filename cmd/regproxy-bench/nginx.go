@@ -255,6 +255,15 @@ func (n *nginx) cpuTime() time.Duration {
 	return total
 }
 
+// switches is the context switches of the master and its workers.
+func (n *nginx) switches() int64 {
+	total := pidSwitches(n.cmd.Process.Pid)
+	for _, pid := range childPIDs(n.cmd.Process.Pid) {
+		total += pidSwitches(pid)
+	}
+	return total
+}
+
 // childPIDs lists the processes whose parent is pid, from /proc.
 func childPIDs(pid int) []int {
 	entries, _ := os.ReadDir("/proc")

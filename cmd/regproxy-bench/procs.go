@@ -327,6 +327,32 @@ func pidCPUTime(pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
+// switches is the process's context switches so far, of all its threads.
+func (p *proc) switches() int64 { return pidSwitches(p.cmd.Process.Pid) }
+
+// pidSwitches sums the voluntary and involuntary context switches of
+// every thread of pid, from /proc: each costs a trip through the kernel's
+// scheduler, which on a loaded two-core node is where a small response's
+// time goes.
+func pidSwitches(pid int) int64 {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var total int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue // the thread ended
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			name, value, _ := strings.Cut(line, ":")
+			if name == "voluntary_ctxt_switches" || name == "nonvoluntary_ctxt_switches" {
+				n, _ := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+				total += n
+			}
+		}
+	}
+	return total
+}
+
 // startBaseline serves file with the plain TLS server and waits until it
 // accepts connections. It returns the process and its address.
 func startBaseline(ctx context.Context, bin, dir string, p *pki, file string) (*proc, string, error) {
