@@ -56,6 +56,10 @@ type fastConn struct {
 	remoteAddr string
 	tlsState   *tls.ConnectionState
 	served     int // requests this connection answered here
+	// deadline is the read deadline set last; headerDeadline says it
+	// bounds a late header, not the wait for a request.
+	deadline       time.Time
+	headerDeadline bool
 }
 
 // serveFast runs the fast path on conn, whose handshake is done, and
@@ -96,7 +100,7 @@ func (p *Proxy) fastLoop(fc *fastConn) (handoff bool, err error) {
 		if !p.fast.setIdle(fc, true) {
 			return false, nil // shutting down
 		}
-		fc.conn.SetReadDeadline(time.Now().Add(idleTimeout))
+		fc.awaitRequest()
 		if _, err := fc.br.Peek(1); err != nil {
 			return false, err
 		}
@@ -123,6 +127,25 @@ func (p *Proxy) fastLoop(fc *fastConn) (handoff bool, err error) {
 	}
 }
 
+// awaitRequest bounds the wait for the next request by idleTimeout, as
+// net/http does. The deadline is moved forward only once it is less than
+// idleTimeout/2 away, not for every request: moving it takes the runtime's
+// timer lock, and a keep-alive connection asks again and again. So an idle
+// connection is closed after idleTimeout/2 to idleTimeout.
+func (fc *fastConn) awaitRequest() {
+	now := time.Now()
+	if fc.deadline.Sub(now) < idleTimeout/2 || fc.headerDeadline {
+		fc.setReadDeadline(now.Add(idleTimeout))
+		fc.headerDeadline = false
+	}
+}
+
+// setReadDeadline sets the connection's read deadline and remembers it.
+func (fc *fastConn) setReadDeadline(t time.Time) {
+	fc.conn.SetReadDeadline(t)
+	fc.deadline = t
+}
+
 // peekHeader waits until br holds a whole header block and returns its
 // length, or 0 when it does not fit in the buffer.
 func (fc *fastConn) peekHeader() (int, error) {
@@ -136,7 +159,8 @@ func (fc *fastConn) peekHeader() (int, error) {
 			return 0, nil
 		}
 		if !deadlineSet { // the rest of the header is late: bound it as net/http does
-			fc.conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+			fc.setReadDeadline(time.Now().Add(readHeaderTimeout))
+			fc.headerDeadline = true
 			deadlineSet = true
 		}
 		if _, err := fc.br.Peek(len(buf) + 1); err != nil {

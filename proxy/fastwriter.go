@@ -14,15 +14,17 @@ import (
 
 // fastResponse is the http.ResponseWriter of the fast path (fastpath.go).
 // It frames a response as net/http's server does for the same handler
-// calls: the status line, the handler's headers plus Date, a
-// Content-Length it works out when the whole body fits in its buffer,
-// chunked encoding when it does not and the handler declared no length,
-// no body for HEAD, 1xx, 204 and 304, and a sniffed Content-Type when the
-// handler set none.
+// calls (TestFastResponseMatchesNetHTTP compares the two): the status
+// line, the headers as they were at WriteHeader plus Date, a
+// Content-Length it works out when the whole body fits in what it holds
+// back, chunked encoding when it does not and the handler declared no
+// length, no body for HEAD, 1xx, 204 and 304, and a Content-Type sniffed
+// from the first bytes when the handler set none.
 type fastResponse struct {
 	bw     *bufio.Writer
 	req    *http.Request
-	header http.Header
+	header http.Header // the handler's
+	sent   http.Header // header as it was at WriteHeader; nil once committed
 
 	status      int   // 0 until WriteHeader or the first Write
 	declared    int64 // the handler's Content-Length; -1 when it set none
@@ -35,8 +37,9 @@ type fastResponse struct {
 }
 
 // fastHeld bounds the body fastResponse holds back before it commits to a
-// header block: a body that ends within it gets a Content-Length.
-const fastHeld = 4096
+// header block, as net/http's bufferBeforeChunkingSize does: a body that
+// ends within it gets a Content-Length.
+const fastHeld = 2048
 
 func newFastResponse(bw *bufio.Writer, req *http.Request) *fastResponse {
 	return &fastResponse{bw: bw, req: req, header: make(http.Header), declared: -1,
@@ -47,7 +50,10 @@ func newFastResponse(bw *bufio.Writer, req *http.Request) *fastResponse {
 func (w *fastResponse) Header() http.Header { return w.header }
 
 // WriteHeader sets the status. Informational statuses are written at once
-// and do not count as the status.
+// and do not count as the status. Later changes to the header map are not
+// sent: the header block is written now when nothing in it waits for the
+// body (a declared length and type, or a status without a body), and
+// copied otherwise.
 func (w *fastResponse) WriteHeader(code int) {
 	if w.status != 0 {
 		return // superfluous, as net/http treats it
@@ -64,11 +70,20 @@ func (w *fastResponse) WriteHeader(code int) {
 			delete(w.header, "Content-Length") // net/http drops a malformed one too
 		}
 	}
+	_, typed := w.header["Content-Type"]
+	if !bodyAllowed(code) || (w.declared >= 0 && typed) {
+		w.sent = w.header
+		w.commit(false, nil)
+		return
+	}
+	w.sent = w.header.Clone()
 }
 
+// writeInformational sends a 1xx response with the handler's headers but
+// those of framing, which a 1xx may not carry.
 func (w *fastResponse) writeInformational(code int) {
 	w.bw.WriteString(statusLine(code))
-	writeHeaderLines(w.bw, w.header)
+	writeHeaderLines(w.bw, w.header, true)
 	w.bw.WriteString("\r\n")
 	if err := w.bw.Flush(); err != nil {
 		w.fail(err)
@@ -81,28 +96,29 @@ func (w *fastResponse) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
+	if len(b) == 0 {
+		return 0, nil
+	}
 	if !bodyAllowed(w.status) {
 		return 0, http.ErrBodyNotAllowed
 	}
-	if w.declared >= 0 && w.written+int64(len(b)) > w.declared {
+	w.written += int64(len(b))
+	if w.declared >= 0 && w.written > w.declared {
+		w.closeAfter = true // as net/http: the connection is out of step
 		return 0, http.ErrContentLength
 	}
 	if w.writeFailed != nil {
 		return 0, w.writeFailed
-	}
-	w.written += int64(len(b))
-	if w.req.Method == http.MethodHead {
-		if !w.committed && w.written > fastHeld {
-			w.commit(false)
-		}
-		return len(b), nil
 	}
 	if !w.committed {
 		if w.declared < 0 && len(w.held)+len(b) <= fastHeld {
 			w.held = append(w.held, b...)
 			return len(b), nil
 		}
-		w.commit(false)
+		w.commit(false, b)
+	}
+	if w.req.Method == http.MethodHead {
+		return len(b), nil // eaten, as net/http eats them
 	}
 	return w.send(b)
 }
@@ -137,7 +153,7 @@ func (w *fastResponse) Flush() {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.committed {
-		w.commit(false)
+		w.commit(false, nil)
 	}
 	if err := w.bw.Flush(); err != nil {
 		w.fail(err)
@@ -151,7 +167,7 @@ func (w *fastResponse) finish() (keepAlive bool) {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.committed {
-		w.commit(true)
+		w.commit(true, nil)
 	}
 	if w.chunked {
 		w.bw.WriteString("0\r\n\r\n")
@@ -171,42 +187,26 @@ func (w *fastResponse) hasBody() bool {
 }
 
 // commit writes the header block, and the held body after it. done says
-// the handler returned, so the held body is the whole body.
-func (w *fastResponse) commit(done bool) {
+// the handler returned, so the held body is the whole body; next is the
+// write that made it commit, if one did (its first bytes are sniffed
+// when nothing was held).
+func (w *fastResponse) commit(done bool, next []byte) {
 	w.committed = true
-	h := w.header
+	h := w.sent
+	w.sent = nil
 	if _, ok := h["Date"]; !ok {
 		h["Date"] = []string{httpDate()}
 	}
-	if v := h["Connection"]; len(v) > 0 && hasToken(v, "close") {
+	if hasToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
-	// The map's keys are canonical (Header's methods put them so), hence
-	// the plain map operations.
-	switch {
-	case !bodyAllowed(w.status):
-		delete(h, "Transfer-Encoding")
-		delete(h, "Content-Length")
-		if w.status == http.StatusNotModified {
-			delete(h, "Content-Type")
-		}
-	case w.declared >= 0:
-		delete(h, "Transfer-Encoding")
-	case done && (w.req.Method != http.MethodHead || w.written > 0):
-		h["Content-Length"] = []string{strconv.FormatInt(w.written, 10)}
-	case w.req.Method == http.MethodHead:
-	default:
-		h["Transfer-Encoding"] = []string{"chunked"}
-		w.chunked = true
-	}
-	if _, ok := h["Content-Type"]; !ok && bodyAllowed(w.status) && len(w.held) > 0 {
-		h["Content-Type"] = []string{http.DetectContentType(w.held)}
-	}
+	w.frame(h, done)
+	w.sniff(h, next)
 	if w.closeAfter {
 		h["Connection"] = []string{"close"}
 	}
 	w.bw.WriteString(statusLine(w.status))
-	writeHeaderLines(w.bw, h)
+	writeHeaderLines(w.bw, h, false)
 	w.bw.WriteString("\r\n")
 	held := w.held
 	w.held = nil
@@ -215,14 +215,76 @@ func (w *fastResponse) commit(done bool) {
 	}
 }
 
+// frame sets the headers that frame the body, as net/http's server does.
+// The map's keys are canonical (Header's methods put them so), hence the
+// plain map operations.
+func (w *fastResponse) frame(h http.Header, done bool) {
+	te := ""
+	if v := h["Transfer-Encoding"]; len(v) > 0 {
+		te = v[0]
+	}
+	_, hasCL := h["Content-Length"]
+	switch {
+	case !bodyAllowed(w.status):
+		delete(h, "Transfer-Encoding")
+		delete(h, "Content-Length")
+		if w.status == http.StatusNotModified {
+			delete(h, "Content-Type")
+		}
+		return
+	case done && te == "" && !hasCL && (w.req.Method != http.MethodHead || w.written > 0):
+		h["Content-Length"] = []string{strconv.FormatInt(w.written, 10)}
+		hasCL = true
+	}
+	switch {
+	case w.req.Method == http.MethodHead || hasCL:
+		delete(h, "Transfer-Encoding")
+	case te == "identity": // the body ends when the connection does
+		delete(h, "Transfer-Encoding")
+		w.closeAfter = true
+	default:
+		h["Transfer-Encoding"] = []string{"chunked"}
+		w.chunked = true
+	}
+}
+
+// sniff sets a Content-Type from the body's first bytes when the handler
+// set none (not even an empty one), as net/http does: not for a body the
+// handler encoded or framed itself.
+func (w *fastResponse) sniff(h http.Header, next []byte) {
+	if _, typed := h["Content-Type"]; typed || !bodyAllowed(w.status) {
+		return
+	}
+	if h.Get("Content-Encoding") != "" || w.handlerFramed(h) {
+		return
+	}
+	first := w.held
+	if len(first) == 0 {
+		first = next
+	}
+	if len(first) > 0 {
+		h["Content-Type"] = []string{http.DetectContentType(first)}
+	}
+}
+
+// handlerFramed reports whether the handler itself set a
+// Transfer-Encoding other than the chunked one frame sets.
+func (w *fastResponse) handlerFramed(h http.Header) bool {
+	v := w.header["Transfer-Encoding"]
+	return len(v) > 0 && !w.chunked
+}
+
 // writeHeaderLines writes h as http.Header.Write does: sorted by name,
 // names that are not tokens left out, CR and LF in values made spaces, so
 // that no value (some come from upstream) can add a header or end the
-// block.
-func writeHeaderLines(bw *bufio.Writer, h http.Header) {
+// block. An informational response leaves out the framing headers.
+func writeHeaderLines(bw *bufio.Writer, h http.Header, informational bool) {
 	var stack [16]string
 	names := stack[:0]
 	for name := range h {
+		if informational && (name == "Content-Length" || name == "Transfer-Encoding") {
+			continue
+		}
 		if httpguts.ValidHeaderFieldName(name) {
 			names = append(names, name)
 		}
@@ -235,13 +297,13 @@ func writeHeaderLines(bw *bufio.Writer, h http.Header) {
 			if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
 				v = headerNewlines.Replace(v)
 			}
-			bw.WriteString(strings.TrimSpace(v))
+			bw.WriteString(strings.Trim(v, " \t\r\n"))
 			bw.WriteString("\r\n")
 		}
 	}
 }
 
-var headerNewlines = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ")
+var headerNewlines = strings.NewReplacer("\r", " ", "\n", " ")
 
 // httpDate is the Date of a response sent now, formatted once a second.
 func httpDate() string {

@@ -4,6 +4,6 @@ package proxy
 
 import "net"
 
-// newQuietConn returns c: raw system calls (rawconn_linux.go) are for
+// newQuietConn returns c: raw system calls (quietconn_linux.go) are for
 // Linux, where regproxy runs in production.
 func newQuietConn(c net.Conn) net.Conn { return c }
