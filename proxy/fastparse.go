@@ -24,7 +24,7 @@ func parseFastRequest(buf []byte) (*http.Request, bool) {
 	if !ok {
 		return nil, false
 	}
-	u, err := url.ParseRequestURI(target)
+	u, err := requestURL(target)
 	if err != nil || u.Host != "" || !fastPath(u.Path) {
 		return nil, false
 	}
@@ -59,6 +59,22 @@ func parseFastRequest(buf []byte) (*http.Request, bool) {
 	}
 	req.Close = hasToken(req.Header["Connection"], "close")
 	return req, true
+}
+
+// requestURL parses a request target as url.ParseRequestURI does,
+// without its work for the common target: a path of letters, digits and
+// "/._-:~@", which it would copy into Path as it is.
+func requestURL(target string) (*url.URL, error) {
+	for i := 0; i < len(target); i++ {
+		c := target[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '/', c == '.', c == '_', c == '-', c == ':', c == '~', c == '@':
+		default:
+			return url.ParseRequestURI(target)
+		}
+	}
+	return &url.URL{Path: target}, nil
 }
 
 // fastPath reports whether path is a manifest's, the fast path's concern.

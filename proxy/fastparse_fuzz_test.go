@@ -23,6 +23,8 @@ func FuzzParseFastRequest(f *testing.F) {
 		"GET /v2/a/manifests/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
 		"GET /v2/a/manifests/x HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
 		"GET http://h/v2/a/manifests/x HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET //v2/a/manifests/x HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /v2/a/manifests/sha256:0f@~x_y-z.1 HTTP/1.1\r\nHost: h\r\n\r\n",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -49,7 +51,7 @@ func FuzzParseFastRequest(f *testing.F) {
 		if !fastPath(ref.URL.Path) {
 			t.Fatalf("not a manifest path to net/http: %q", ref.URL.Path)
 		}
-		same := fast.Method == ref.Method && fast.URL.String() == ref.URL.String() &&
+		same := fast.Method == ref.Method && *fast.URL == *ref.URL && fast.URL.String() == ref.URL.String() &&
 			fast.URL.Path == ref.URL.Path && fast.URL.RawQuery == ref.URL.RawQuery &&
 			fast.RequestURI == ref.RequestURI && fast.Host == ref.Host && fast.Close == ref.Close &&
 			fast.Proto == ref.Proto && reflect.DeepEqual(fast.Header, ref.Header)
