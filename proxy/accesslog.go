@@ -154,7 +154,9 @@ func (p *Proxy) logLine(r *http.Request, host, repo, ref, outcome string, status
 // never a password. A line with an error is a warning.
 func (p *Proxy) logEntry(r *http.Request, e entry) {
 	p.count(e)
-	attrs := []slog.Attr{
+	// Room for every attribute: the line's attributes stay off the heap.
+	var room [13]slog.Attr
+	attrs := append(room[:0],
 		slog.String("method", r.Method),
 		slog.String("host", e.host),
 		slog.String("kind", e.kind),
@@ -165,7 +167,7 @@ func (p *Proxy) logEntry(r *http.Request, e entry) {
 		slog.Int64("bytes", e.bytes),
 		slog.Int64("bytes_in", e.bytesIn),
 		slog.Duration("duration", e.duration),
-	}
+	)
 	level := slog.LevelInfo
 	if isProbe(r, e) {
 		level = slog.LevelDebug

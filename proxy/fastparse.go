@@ -18,17 +18,20 @@ import (
 // (Content-Length, Transfer-Encoding, Trailer, Expect, Upgrade). Anything
 // else is net/http's to read, so that no byte of a body can be taken for
 // a request, and no request is read two ways.
-func parseFastRequest(buf []byte) (*http.Request, bool) {
+//
+// It fills req, which the caller gives its context (WithContext copies
+// it: a req on the caller's stack costs no allocation).
+func parseFastRequest(buf []byte, req *http.Request) bool {
 	line, rest := cutLine(buf)
 	method, target, ok := parseRequestLine(line)
 	if !ok {
-		return nil, false
+		return false
 	}
 	u, err := requestURL(target)
 	if err != nil || u.Host != "" || !fastPath(u.Path) {
-		return nil, false
+		return false
 	}
-	req := &http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+	*req = http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: make(http.Header, 8), Body: http.NoBody, RequestURI: target}
 	for {
 		line, rest = cutLine(rest)
@@ -37,28 +40,28 @@ func parseFastRequest(buf []byte) (*http.Request, bool) {
 		}
 		name, value, ok := parseHeaderLine(line)
 		if !ok {
-			return nil, false
+			return false
 		}
 		switch name {
 		case "Host":
 			if req.Host != "" || !plainHost(value) {
-				return nil, false
+				return false
 			}
 			req.Host = value
 		case "Content-Length", "Transfer-Encoding", "Trailer", "Expect", "Upgrade":
-			return nil, false
+			return false
 		default:
 			req.Header[name] = append(req.Header[name], value)
 		}
 	}
 	if req.Host == "" {
-		return nil, false
+		return false
 	}
 	if p := req.Header["Pragma"]; len(p) > 0 && p[0] == "no-cache" && req.Header["Cache-Control"] == nil {
 		req.Header["Cache-Control"] = []string{"no-cache"} // as net/http reads it
 	}
 	req.Close = hasToken(req.Header["Connection"], "close")
-	return req, true
+	return true
 }
 
 // requestURL parses a request target as url.ParseRequestURI does,

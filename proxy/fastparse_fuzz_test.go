@@ -33,8 +33,8 @@ func FuzzParseFastRequest(f *testing.F) {
 		if n == 0 {
 			return
 		}
-		fast, ok := parseFastRequest(data[:n])
-		if !ok {
+		fast := new(http.Request)
+		if !parseFastRequest(data[:n], fast) {
 			return
 		}
 		br := bufio.NewReader(bytes.NewReader(data))

@@ -114,14 +114,14 @@ func (p *Proxy) fastLoop(fc *fastConn) (handoff bool, err error) {
 		if n == 0 {
 			return true, nil // too large for the fast path
 		}
-		req, ok := fc.parse(n)
-		if !ok {
+		var req http.Request
+		if !fc.parse(n, &req) {
 			return true, nil
 		}
 		fc.br.Discard(n)
 		fc.served++
 		p.fast.served.Add(1)
-		if !p.serveFastRequest(fc, req) {
+		if !p.serveFastRequest(fc, &req) {
 			return false, nil
 		}
 	}
@@ -187,17 +187,17 @@ func headerEnd(buf []byte) int {
 	}
 }
 
-// parse reads the request in br's first n bytes without consuming them,
-// and reports whether the fast path serves it (parseFastRequest).
-func (fc *fastConn) parse(n int) (*http.Request, bool) {
+// parse reads the request in br's first n bytes into req without
+// consuming them, and reports whether the fast path serves it
+// (parseFastRequest).
+func (fc *fastConn) parse(n int, req *http.Request) bool {
 	buf, _ := fc.br.Peek(n)
-	req, ok := parseFastRequest(buf)
-	if !ok {
-		return nil, false // net/http reads it and answers it
+	if !parseFastRequest(buf, req) {
+		return false // net/http reads it and answers it
 	}
 	req.RemoteAddr = fc.remoteAddr
 	req.TLS = fc.tlsState
-	return req, true
+	return true
 }
 
 // plainHost reports whether h is a host[:port] of letters, digits and
@@ -221,10 +221,10 @@ func plainHost(h string) bool {
 
 // serveFastRequest runs the registry handler on req and reports whether
 // the connection can carry another request.
-func (p *Proxy) serveFastRequest(fc *fastConn, req *http.Request) (keepAlive bool) {
+func (p *Proxy) serveFastRequest(fc *fastConn, parsed *http.Request) (keepAlive bool) {
 	ctx, cancel := context.WithCancel(fc.ctx)
 	defer cancel()
-	req = req.WithContext(ctx)
+	req := parsed.WithContext(ctx)
 	w := newFastResponse(fc.bw, req)
 	defer func() {
 		if v := recover(); v != nil {

@@ -124,8 +124,8 @@ func readWire(br *bufio.Reader, req *http.Request) (wireResponse, error) {
 func runFast(t *testing.T, c fastDiffCase) (wr wireResponse, sent string) {
 	t.Helper()
 	raw := rawRequest(c)
-	req, ok := parseFastRequest([]byte(raw))
-	if !ok {
+	req := new(http.Request)
+	if !parseFastRequest([]byte(raw), req) {
 		t.Fatalf("parseFastRequest refused %q: the fast path would not serve it", raw)
 	}
 	var out bytes.Buffer
