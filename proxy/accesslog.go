@@ -82,14 +82,22 @@ func (w *recorder) Flush() {
 
 // accessLog writes one line per request, also for requests whose handler
 // aborts the connection (the panic continues after the line is written).
+// A request whose context already holds its reqInfo (the fast path puts
+// one there, to spare a copy of the request) is logged with that one.
 func (p *Proxy) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &reqInfo{outcome: outcomePass}
+		info, given := r.Context().Value(infoKey{}).(*reqInfo)
+		if !given {
+			info = &reqInfo{outcome: outcomePass}
+			r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
+		}
 		rec := &recorder{ResponseWriter: w}
-		body := &countingBody{ReadCloser: r.Body}
-		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
-		r.Body = body
+		var body *countingBody
+		if r.Body != http.NoBody && r.Body != nil {
+			body = &countingBody{ReadCloser: r.Body}
+			r.Body = body
+		}
 		host := targetOf(r)
 		if host == "" {
 			host = r.Host
@@ -100,7 +108,7 @@ func (p *Proxy) accessLog(next http.Handler) http.Handler {
 				status = http.StatusOK // net/http's default when nothing was written
 			}
 			return entry{host: host, kind: info.kind, repo: info.repo, ref: info.ref, outcome: info.outcome,
-				status: status, bytes: rec.bytes, bytesIn: body.n.Load(), duration: time.Since(start)}
+				status: status, bytes: rec.bytes, bytesIn: body.read(), duration: time.Since(start)}
 		}
 		defer func() {
 			if v := recover(); v != nil {
@@ -120,6 +128,14 @@ func (p *Proxy) accessLog(next http.Handler) http.Handler {
 type countingBody struct {
 	io.ReadCloser
 	n atomic.Int64
+}
+
+// read is how many bytes were read; 0 for no body (a nil b).
+func (b *countingBody) read() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.n.Load()
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {

@@ -224,7 +224,9 @@ func plainHost(h string) bool {
 func (p *Proxy) serveFastRequest(fc *fastConn, parsed *http.Request) (keepAlive bool) {
 	ctx, cancel := context.WithCancel(fc.ctx)
 	defer cancel()
-	req := parsed.WithContext(ctx)
+	// The access log's reqInfo, given here so that it need not copy the
+	// request again to add it.
+	req := parsed.WithContext(context.WithValue(ctx, infoKey{}, &reqInfo{outcome: outcomePass}))
 	w := newFastResponse(fc.bw, req)
 	defer func() {
 		if v := recover(); v != nil {

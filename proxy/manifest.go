@@ -371,18 +371,20 @@ func relayManifest(w http.ResponseWriter, r *http.Request, resp *http.Response, 
 func writeManifest(w http.ResponseWriter, r *http.Request, m *cachedManifest) {
 	h := w.Header()
 	// What h.Set does, for keys already canonical, with one allocation for
-	// the four values; each slice is capped, so that an append to one
-	// cannot write into the next.
-	v := []string{m.ContentType, m.Digest.String(), `"` + m.Digest.String() + `"`, "registry/2.0"}
-	h["Content-Type"] = v[0:1:1]
-	h["Docker-Content-Digest"] = v[1:2:2]
-	h["Etag"] = v[2:3:3]
-	h["Docker-Distribution-Api-Version"] = v[3:4:4]
+	// the values; each slice is capped, so that an append to one cannot
+	// write into the next.
+	v := [...]string{m.ContentType, m.Digest.String(), `"` + m.Digest.String() + `"`, "registry/2.0",
+		strconv.Itoa(len(m.Body))}
+	values := v[:]
+	h["Content-Type"] = values[0:1:1]
+	h["Docker-Content-Digest"] = values[1:2:2]
+	h["Etag"] = values[2:3:3]
+	h["Docker-Distribution-Api-Version"] = values[3:4:4]
 	if !conditional(r.Header) {
 		// What ServeContent answers to a request without conditions or a
 		// range, without its parsing of the headers that are not there.
 		h["Accept-Ranges"] = acceptRangesBytes
-		h["Content-Length"] = []string{strconv.Itoa(len(m.Body))}
+		h["Content-Length"] = values[4:5:5]
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
 			w.Write(m.Body)

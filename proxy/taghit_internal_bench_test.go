@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
@@ -50,6 +51,12 @@ func BenchmarkTagHitHandler(b *testing.B) {
 // in front of an upstream holding r/latest, and a GET of that tag as it
 // arrives on an intercepted connection.
 func tagHitFixture(b *testing.B, auth string) (http.Handler, *http.Request) {
+	p, r := tagHitProxy(b, auth)
+	return p.mitmSrv.Handler, r
+}
+
+// tagHitProxy is tagHitFixture's proxy and request.
+func tagHitProxy(b *testing.B, auth string) (*Proxy, *http.Request) {
 	up := testupstream.Start(b)
 	up.Push(b, "r", "latest", up.RandomImage(b, 1, 100))
 	dir := b.TempDir()
@@ -80,7 +87,47 @@ func tagHitFixture(b *testing.B, auth string) (http.Handler, *http.Request) {
 	if auth != "" {
 		r.Header.Set("Authorization", auth)
 	}
-	return p.mitmSrv.Handler, r
+	return p, r
+}
+
+// BenchmarkFastPathTagHit measures a tag hit on the fast path from the
+// request's bytes to the response's: parsing, the registry handler with
+// its access log, and framing, without TLS or the network.
+func BenchmarkFastPathTagHit(b *testing.B) {
+	p, r := tagHitProxy(b, "")
+	raw := []byte("GET /v2/r/manifests/latest HTTP/1.1\r\nHost: " + r.Host + "\r\nUser-Agent: containerd/v2.0.0\r\n" +
+		"Accept: " + r.Header.Get("Accept") + "\r\nAccept-Encoding: gzip\r\n\r\n")
+	var out countingWriter
+	fc := &fastConn{bw: bufio.NewWriterSize(&out, fastHeaderBuffer), remoteAddr: "192.0.2.1:40000",
+		ctx: connValues(context.Background(), &targetConn{target: r.Host})}
+	serve := func() {
+		var req http.Request
+		if !parseFastRequest(raw, &req) {
+			b.Fatal("the fast path refuses the request")
+		}
+		req.RemoteAddr = fc.remoteAddr
+		if !p.serveFastRequest(fc, &req) {
+			b.Fatal("the connection would be closed")
+		}
+	}
+	serve() // the miss that caches the tag
+	before := out.n
+	serve()
+	if out.n == before {
+		b.Fatal("nothing written")
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		serve()
+	}
+}
+
+// countingWriter counts what is written to it.
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	return len(p), nil
 }
 
 // discardWriter is a ResponseWriter that keeps only the status.
