@@ -48,9 +48,10 @@ func TestQuickRun(t *testing.T) {
 		"c. Verifying storm: the same 32 clients reading the blob from regproxy's cache (warm)",
 		"c. Verifying storm: storm median total / the larger of those two",
 		"c. Verifying storm: upstream blob fetches by the warm read",
-		"d. Tag manifest hit, 200 sequential GETs on one keep-alive connection: p50",
+		"d. Tag manifest hit, 200 sequential GETs on one keep-alive connection, in turns of 100 with the peers: p50",
 		"d. Tag manifest hit: p99",
-		"d. Tag manifest hit: upstream manifest requests during the GETs",
+		"d. Tag manifest hit: server CPU time and context switches per GET",
+		"d. Tag manifest hit: upstream manifest requests during the GETs (every side)",
 		"d. Tag manifest hit: client connections to regproxy",
 		"e. Peak RSS (VmHWM) of regproxy after scenarios a–d",
 		"e. Peak RSS (VmHWM) of a fresh regproxy after 32 clients pull one cold 32 MiB blob",
@@ -83,8 +84,9 @@ func TestQuickRun(t *testing.T) {
 			"a. Warm hit, 8 stream(s), against nginx proxy_cache: throughput",
 			"c. Storm against nginx proxy_cache",
 			"c. Storm against nginx: total time per client, median",
-			"d. Tag manifest hit against nginx proxy_cache (same loop): p50",
+			"d. Tag manifest hit against nginx proxy_cache (same loop, in turns): p50",
 			"d. Tag manifest hit against nginx: p99",
+			"d. Tag manifest hit against nginx: server CPU time and context switches per GET",
 		)
 	} else if !strings.Contains(cell(report, "Peer: nginx", 2), "not installed") {
 		t.Errorf("no nginx here, and the peer row does not say so:\n%s", report)
