@@ -55,7 +55,8 @@ type fastConn struct {
 	ctx        context.Context // the connection's values, as ConnContext makes them
 	remoteAddr string
 	tlsState   *tls.ConnectionState
-	served     int // requests this connection answered here
+	served     int          // requests this connection answered here
+	resp       fastResponse // the response being written, reused
 	// deadline is the read deadline set last; headerDeadline says it
 	// bounds a late header, not the wait for a request.
 	deadline       time.Time
@@ -227,7 +228,8 @@ func (p *Proxy) serveFastRequest(fc *fastConn, parsed *http.Request) (keepAlive 
 	// The access log's reqInfo, given here so that it need not copy the
 	// request again to add it.
 	req := parsed.WithContext(context.WithValue(ctx, infoKey{}, &reqInfo{outcome: outcomePass}))
-	w := newFastResponse(fc.bw, req)
+	w := &fc.resp
+	w.reset(fc.bw, req)
 	defer func() {
 		if v := recover(); v != nil {
 			keepAlive = false

@@ -42,8 +42,21 @@ type fastResponse struct {
 const fastHeld = 2048
 
 func newFastResponse(bw *bufio.Writer, req *http.Request) *fastResponse {
-	return &fastResponse{bw: bw, req: req, header: make(http.Header), declared: -1,
-		closeAfter: req.Close}
+	w := new(fastResponse)
+	w.reset(bw, req)
+	return w
+}
+
+// reset makes w a new response to req, keeping its header map and held
+// buffer: a connection answers its requests one at a time, and nothing
+// holds a ResponseWriter after its handler returned.
+func (w *fastResponse) reset(bw *bufio.Writer, req *http.Request) {
+	header, held := w.header, w.held[:0]
+	if header == nil {
+		header = make(http.Header)
+	}
+	clear(header)
+	*w = fastResponse{bw: bw, req: req, header: header, held: held, declared: -1, closeAfter: req.Close}
 }
 
 // Header returns the headers the response will carry.
@@ -195,7 +208,7 @@ func (w *fastResponse) commit(done bool, next []byte) {
 	h := w.sent
 	w.sent = nil
 	if _, ok := h["Date"]; !ok {
-		h["Date"] = []string{httpDate()}
+		h["Date"] = httpDate()
 	}
 	if hasToken(h["Connection"], "close") {
 		w.closeAfter = true
@@ -209,7 +222,7 @@ func (w *fastResponse) commit(done bool, next []byte) {
 	writeHeaderLines(w.bw, h, false)
 	w.bw.WriteString("\r\n")
 	held := w.held
-	w.held = nil
+	w.held = held[:0] // kept for the connection's next response (reset)
 	if w.hasBody() {
 		w.send(held)
 	}
@@ -305,20 +318,23 @@ func writeHeaderLines(bw *bufio.Writer, h http.Header, informational bool) {
 
 var headerNewlines = strings.NewReplacer("\r", " ", "\n", " ")
 
-// httpDate is the Date of a response sent now, formatted once a second.
-func httpDate() string {
+// httpDate is the Date header of a response sent now, formatted once a
+// second and shared by the responses of that second (capped, so that an
+// append copies it; nothing changes a header after it is sent).
+func httpDate() []string {
 	now := time.Now()
 	if d := lastDate.Load(); d != nil && d.unix == now.Unix() {
-		return d.text
+		return d.values
 	}
-	d := &formattedDate{unix: now.Unix(), text: now.UTC().Format(http.TimeFormat)}
+	d := &formattedDate{unix: now.Unix(), values: []string{now.UTC().Format(http.TimeFormat)}}
+	d.values = d.values[:1:1]
 	lastDate.Store(d)
-	return d.text
+	return d.values
 }
 
 type formattedDate struct {
-	unix int64
-	text string
+	unix   int64
+	values []string
 }
 
 var lastDate atomic.Pointer[formattedDate]

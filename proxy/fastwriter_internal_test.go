@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -540,3 +541,53 @@ func TestFastResponseHeaderCRLF(t *testing.T) {
 		})
 	}
 }
+
+// TestFastResponseResetForgetsThePreviousResponse proves that a
+// connection's reused fastResponse (reset) answers a request exactly as a
+// new one does, whatever the response before it left behind: headers,
+// held bytes, chunking, a declared length, a status, a closed verdict.
+func TestFastResponseResetForgetsThePreviousResponse(t *testing.T) {
+	before := []func(w http.ResponseWriter){
+		func(w http.ResponseWriter) { // chunked, with a header of its own
+			w.Header().Set("X-Before", "1")
+			w.Write([]byte(strings.Repeat("x", 3000)))
+		},
+		func(w http.ResponseWriter) { // a short body under a declared length
+			w.Header().Set("Content-Length", "10")
+			w.Write([]byte("short"))
+		},
+		func(w http.ResponseWriter) { w.WriteHeader(http.StatusNotModified) },
+		func(w http.ResponseWriter) { w.Write([]byte("<html>held</html>")) }, // held, then sniffed
+	}
+	after := func(w http.ResponseWriter) { w.Write([]byte("after")) }
+	request := func(raw string) *http.Request {
+		req := new(http.Request)
+		if !parseFastRequest([]byte(raw), req) {
+			t.Fatalf("refused %q", raw)
+		}
+		return req
+	}
+	first := request("GET /v2/a/manifests/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+	second := request("GET /v2/a/manifests/x HTTP/1.1\r\nHost: h\r\n\r\n")
+	answer := func(w *fastResponse, out *bytes.Buffer) (string, bool) {
+		after(w)
+		keep := w.finish()
+		return dateLine.ReplaceAllString(out.String(), "Date: -\r\n"), keep
+	}
+	var freshOut bytes.Buffer
+	want, wantKeep := answer(newFastResponse(bufio.NewWriter(&freshOut), second), &freshOut)
+	for i, handler := range before {
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		w := newFastResponse(bw, first)
+		handler(w)
+		w.finish()
+		out.Reset()
+		w.reset(bw, second)
+		if got, keep := answer(w, &out); got != want || keep != wantKeep {
+			t.Errorf("after response %d: sent %q (keep-alive %v); a new writer sends %q (%v)", i, got, keep, want, wantKeep)
+		}
+	}
+}
+
+var dateLine = regexp.MustCompile(`Date: [^\r]*\r\n`)
