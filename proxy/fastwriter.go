@@ -41,12 +41,6 @@ type fastResponse struct {
 // ends within it gets a Content-Length.
 const fastHeld = 2048
 
-func newFastResponse(bw *bufio.Writer, req *http.Request) *fastResponse {
-	w := new(fastResponse)
-	w.reset(bw, req)
-	return w
-}
-
 // reset makes w a new response to req, keeping its header map and held
 // buffer: a connection answers its requests one at a time, and nothing
 // holds a ResponseWriter after its handler returned.
@@ -213,8 +207,8 @@ func (w *fastResponse) commit(done bool, next []byte) {
 	if hasToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
-	w.frame(h, done)
-	w.sniff(h, next)
+	handlerTE := w.frame(h, done)
+	w.sniff(h, next, handlerTE)
 	if w.closeAfter {
 		h["Connection"] = []string{"close"}
 	}
@@ -228,10 +222,11 @@ func (w *fastResponse) commit(done bool, next []byte) {
 	}
 }
 
-// frame sets the headers that frame the body, as net/http's server does.
-// The map's keys are canonical (Header's methods put them so), hence the
-// plain map operations.
-func (w *fastResponse) frame(h http.Header, done bool) {
+// frame sets the headers that frame the body, as net/http's server does,
+// and reports whether the handler had set a Transfer-Encoding. The map's
+// keys are canonical (Header's methods put them so), hence the plain map
+// operations.
+func (w *fastResponse) frame(h http.Header, done bool) (handlerTE bool) {
 	te := ""
 	if v := h["Transfer-Encoding"]; len(v) > 0 {
 		te = v[0]
@@ -244,7 +239,7 @@ func (w *fastResponse) frame(h http.Header, done bool) {
 		if w.status == http.StatusNotModified {
 			delete(h, "Content-Type")
 		}
-		return
+		return te != ""
 	case done && te == "" && !hasCL && (w.req.Method != http.MethodHead || w.written > 0):
 		h["Content-Length"] = []string{strconv.FormatInt(w.written, 10)}
 		hasCL = true
@@ -259,16 +254,17 @@ func (w *fastResponse) frame(h http.Header, done bool) {
 		h["Transfer-Encoding"] = []string{"chunked"}
 		w.chunked = true
 	}
+	return te != ""
 }
 
 // sniff sets a Content-Type from the body's first bytes when the handler
 // set none (not even an empty one), as net/http does: not for a body the
-// handler encoded or framed itself.
-func (w *fastResponse) sniff(h http.Header, next []byte) {
+// handler encoded or framed itself (handlerTE).
+func (w *fastResponse) sniff(h http.Header, next []byte, handlerTE bool) {
 	if _, typed := h["Content-Type"]; typed || !bodyAllowed(w.status) {
 		return
 	}
-	if h.Get("Content-Encoding") != "" || w.handlerFramed(h) {
+	if h.Get("Content-Encoding") != "" || handlerTE {
 		return
 	}
 	first := w.held
@@ -278,13 +274,6 @@ func (w *fastResponse) sniff(h http.Header, next []byte) {
 	if len(first) > 0 {
 		h["Content-Type"] = []string{http.DetectContentType(first)}
 	}
-}
-
-// handlerFramed reports whether the handler itself set a
-// Transfer-Encoding other than the chunked one frame sets.
-func (w *fastResponse) handlerFramed(h http.Header) bool {
-	v := w.header["Transfer-Encoding"]
-	return len(v) > 0 && !w.chunked
 }
 
 // writeHeaderLines writes h as http.Header.Write does: sorted by name,

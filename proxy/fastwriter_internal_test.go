@@ -591,3 +591,10 @@ func TestFastResponseResetForgetsThePreviousResponse(t *testing.T) {
 }
 
 var dateLine = regexp.MustCompile(`Date: [^\r]*\r\n`)
+
+// newFastResponse is a fastResponse to req, as a connection's first.
+func newFastResponse(bw *bufio.Writer, req *http.Request) *fastResponse {
+	w := new(fastResponse)
+	w.reset(bw, req)
+	return w
+}
