@@ -36,11 +36,7 @@ func TestCacheLs(t *testing.T) {
 		{"ls-nothing.txt", []string{"--repo", "nowhere"}},
 	} {
 		t.Run(tt.golden, func(t *testing.T) {
-			code, stdout, stderr := runCLI(t, append([]string{"cache", "ls", "--data-dir", dataDir}, tt.args...)...)
-			if code != 0 || stderr != "" {
-				t.Fatalf("exit %d, stderr %q", code, stderr)
-			}
-			golden(t, tt.golden, stdout)
+			runGolden(t, tt.golden, append([]string{"cache", "ls", "--data-dir", dataDir}, tt.args...)...)
 		})
 	}
 }

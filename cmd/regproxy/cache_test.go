@@ -103,22 +103,19 @@ func golden(t *testing.T, name, got string) {
 func TestCacheStats(t *testing.T) {
 	fixedFreeSpace(t)
 	dataDir, _ := testCache(t)
-	for _, tt := range []struct{ name, golden, flag string }{
-		{"human", "stats.txt", ""},
-		{"json", "stats.json", "--json"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			args := []string{"cache", "stats", "--data-dir", dataDir}
-			if tt.flag != "" {
-				args = append(args, tt.flag)
-			}
-			code, stdout, stderr := runCLI(t, args...)
-			if code != 0 || stderr != "" {
-				t.Fatalf("exit %d, stderr %q", code, stderr)
-			}
-			golden(t, tt.golden, stdout)
-		})
+	runGolden(t, "stats.txt", "cache", "stats", "--data-dir", dataDir)
+	runGolden(t, "stats.json", "cache", "stats", "--data-dir", dataDir, "--json")
+}
+
+// runGolden runs the CLI with args, wants exit 0 and nothing on stderr,
+// and compares its output with the golden file name.
+func runGolden(t *testing.T, name string, args ...string) {
+	t.Helper()
+	code, stdout, stderr := runCLI(t, args...)
+	if code != 0 || stderr != "" {
+		t.Fatalf("%v: exit %d, stderr %q", args, code, stderr)
 	}
+	golden(t, name, stdout)
 }
 
 // gcNow fixes the cache commands' clock a month after day.

@@ -20,17 +20,8 @@ import (
 // TestCacheVerifyClean: an intact cache verifies, exit 0.
 func TestCacheVerifyClean(t *testing.T) {
 	dataDir, _ := imageCacheDir(t)
-	for _, tt := range []struct{ golden, flag string }{{"verify-clean.txt", ""}, {"verify-clean.json", "--json"}} {
-		args := []string{"cache", "verify", "--data-dir", dataDir}
-		if tt.flag != "" {
-			args = append(args, tt.flag)
-		}
-		code, stdout, stderr := runCLI(t, args...)
-		if code != 0 || stderr != "" {
-			t.Fatalf("exit %d, stderr %q", code, stderr)
-		}
-		golden(t, tt.golden, stdout)
-	}
+	runGolden(t, "verify-clean.txt", "cache", "verify", "--data-dir", dataDir)
+	runGolden(t, "verify-clean.json", "cache", "verify", "--data-dir", dataDir, "--json")
 }
 
 // TestCacheVerifyCorrupt flips a byte of a blob's file and of a typed

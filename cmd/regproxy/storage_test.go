@@ -156,6 +156,17 @@ func TestAzureStartFailures(t *testing.T) {
 	}
 }
 
+// azureReplicaArgs is the environment and the flags of a regproxy serving
+// up's registry from container in az, its key in the environment as an
+// admin's unit would pass it.
+func azureReplicaArgs(az *azuritetest.Azurite, up *testupstream.Upstream, container string) (env, args []string) {
+	env = []string{"REGPROXY_AZURE_ACCOUNT_KEY=" + azuritetest.Key}
+	args = []string{"--registries", "registry.test", "--upstream-ca", up.CAFile, "--resolve", up.Resolve(),
+		"--storage", "azure", "--azure-account-name", azuritetest.Account, "--azure-endpoint", az.Endpoint,
+		"--azure-container", container}
+	return env, args
+}
+
 // TestAzureReplicasShareContainer runs two regproxy processes on one
 // container: what one filled, the other serves without asking upstream,
 // and a cold blob asked of both at once is served by both. Neither keeps
@@ -164,10 +175,7 @@ func TestAzureReplicasShareContainer(t *testing.T) {
 	az := azuritetest.New(t)
 	up := testupstream.Start(t)
 	container := az.Container()
-	env := []string{"REGPROXY_AZURE_ACCOUNT_KEY=" + azuritetest.Key}
-	args := []string{"--registries", "registry.test", "--upstream-ca", up.CAFile, "--resolve", up.Resolve(),
-		"--storage", "azure", "--azure-account-name", azuritetest.Account, "--azure-endpoint", az.Endpoint,
-		"--azure-container", container}
+	env, args := azureReplicaArgs(az, up, container)
 	a, b := startDaemonEnv(t, env, args...), startDaemonEnv(t, env, args...)
 
 	img := up.RandomImage(t, 3, 512<<10)
@@ -224,10 +232,8 @@ func TestAzureLocalTier(t *testing.T) {
 	az := azuritetest.New(t)
 	up := testupstream.Start(t)
 	container := az.Container()
-	env := []string{"REGPROXY_AZURE_ACCOUNT_KEY=" + azuritetest.Key}
-	args := []string{"--registries", "registry.test", "--upstream-ca", up.CAFile, "--resolve", up.Resolve(),
-		"--storage", "azure", "--azure-account-name", azuritetest.Account, "--azure-endpoint", az.Endpoint,
-		"--azure-container", container, "--min-free-space", "0"}
+	env, args := azureReplicaArgs(az, up, container)
+	args = append(args, "--min-free-space", "0")
 	a := startDaemonEnv(t, env, append(args, "--disk-cache-size", "64M")...)
 
 	img := up.RandomImage(t, 3, 512<<10)
