@@ -254,10 +254,18 @@ func (dk *dockerd) pullRef(t *testing.T, ref, repoDigest, digest string) string 
 // and checks that the store is empty.
 func (dk *dockerd) removeAll(t *testing.T, s *hubSetup, images []hubImage) {
 	t.Helper()
-	rmi := []string{"rmi", "-f"}
+	refs := make([]string, 0, len(images))
 	for _, img := range images {
-		rmi = append(rmi, img.Ref(s))
+		refs = append(refs, img.Ref(s))
 	}
+	dk.removeRefs(t, refs)
+}
+
+// removeRefs removes the images named refs and anything else in dockerd's
+// image store, and checks that the store is empty.
+func (dk *dockerd) removeRefs(t *testing.T, refs []string) {
+	t.Helper()
+	rmi := append([]string{"rmi", "-f"}, refs...)
 	for _, args := range [][]string{rmi, {"image", "prune", "-af"}} {
 		if _, err := dk.docker(t.Context(), dockerCmdTimeout, args...); err != nil {
 			t.Fatal(err)

@@ -56,20 +56,9 @@ func (dk *dockerd) pullHub(t *testing.T, img hubImage) string {
 // removeHub empties dockerd's image store of images, pulled by pullHub.
 func (dk *dockerd) removeHub(t *testing.T, images []hubImage) {
 	t.Helper()
-	rmi := []string{"rmi", "-f"}
+	refs := make([]string, 0, len(images))
 	for _, img := range images {
-		rmi = append(rmi, img.Repo+":"+img.Tag)
+		refs = append(refs, img.Repo+":"+img.Tag)
 	}
-	for _, args := range [][]string{rmi, {"image", "prune", "-af"}} {
-		if _, err := dk.docker(t.Context(), dockerCmdTimeout, args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out, err := dk.docker(t.Context(), dockerCmdTimeout, "images", "-aq")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ids := strings.TrimSpace(out); ids != "" {
-		t.Fatalf("docker images -aq after rmi and prune: %q, want none", ids)
-	}
+	dk.removeRefs(t, refs)
 }
