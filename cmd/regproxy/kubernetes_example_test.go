@@ -1,14 +1,9 @@
 package main
 
 import (
-	"errors"
-	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // kubeExample is the directory of the Kubernetes example for Azure.
@@ -68,29 +63,6 @@ type kubeContainer struct {
 	} `yaml:"readinessProbe"`
 }
 
-// decodeYAML decodes every document of file.
-func decodeYAML[T any](t *testing.T, file string) []T {
-	t.Helper()
-	f, err := os.Open(filepath.Join(kubeExample, file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var docs []T
-	dec := yaml.NewDecoder(f)
-	for {
-		var doc T
-		err := dec.Decode(&doc)
-		if errors.Is(err, io.EOF) {
-			return docs
-		}
-		if err != nil {
-			t.Fatalf("%s, document %d: %v", file, len(docs)+1, err)
-		}
-		docs = append(docs, doc)
-	}
-}
-
 // TestKubernetesExample decodes the example's YAML and checks that it
 // hangs together: every object named, the Deployment's replicas share one
 // container through environment variables that serve reads, the key comes
@@ -100,7 +72,7 @@ func TestKubernetesExample(t *testing.T) {
 	t.Parallel()
 	objects := map[string]kubeObject{}
 	for _, file := range []string{"regproxy.yaml", "secret.yaml", "workload-identity.yaml"} {
-		for _, o := range decodeYAML[kubeObject](t, file) {
+		for _, o := range decodeAll[kubeObject](t, filepath.Join(kubeExample, file), false) {
 			if o.APIVersion == "" || o.Kind == "" || o.Metadata.Name == "" {
 				t.Errorf("%s: an object without apiVersion, kind or name: %+v", file, o)
 			}
@@ -157,7 +129,7 @@ func TestKubernetesExample(t *testing.T) {
 	if _, ok := objects["ServiceAccount/regproxy"]; !ok {
 		t.Error("workload-identity.yaml has no ServiceAccount regproxy")
 	}
-	patch := decodeYAML[kubeObject](t, "workload-identity-patch.yaml")
+	patch := decodeAll[kubeObject](t, filepath.Join(kubeExample, "workload-identity-patch.yaml"), false)
 	if len(patch) != 1 || len(patch[0].Spec.Template.Spec.Containers) != 1 ||
 		patch[0].Spec.Template.Spec.Containers[0].Name != c.Name {
 		t.Errorf("workload-identity-patch.yaml does not patch the container %q", c.Name)
