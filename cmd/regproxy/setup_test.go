@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -59,15 +58,7 @@ func scriptPath(t *testing.T, name string) string {
 // file, as regproxy logs it: lowercase hex of the SHA-256 of the DER.
 func pemFingerprint(t *testing.T, file string) string {
 	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", file)
-	}
-	sum := sha256.Sum256(block.Bytes)
+	sum := sha256.Sum256(readCert(t, file).Raw)
 	return hex.EncodeToString(sum[:])
 }
 
